@@ -1,0 +1,84 @@
+using TorchSharp;
+
+namespace InferenceServer.Models.Runtime;
+
+/// <summary>
+/// Makes TorchSharp's native libraries loadable on this machine and initialises libtorch once per process.
+/// Call <see cref="EnsureInitialized"/> before the first tensor is made (the CLI, the server and the test
+/// assemblies do so at start).
+/// </summary>
+public static class TorchRuntime
+{
+    /// <summary>The native bridge TorchSharp P/Invokes into; it sits next to TorchSharp.dll in the output folder.</summary>
+    public const string BridgeFileName = "libLibTorchSharp.so";
+
+    static readonly object Gate = new();
+    static bool initialized;
+
+    /// <summary>Versions marked weak in this process's copy of the bridge (empty when nothing needed it).</summary>
+    public static IReadOnlyList<string> PatchedVersions { get; private set; } = [];
+
+    /// <summary>Patches the native bridge if the system libstdc++ lacks a version it asks for, then loads libtorch.</summary>
+    public static void EnsureInitialized()
+    {
+        lock (Gate)
+        {
+            if (initialized) return;
+            if (OperatingSystem.IsLinux())
+            {
+                string dir = Path.GetDirectoryName(typeof(torch).Assembly.Location) ?? AppContext.BaseDirectory;
+                string bridge = Path.Combine(dir, BridgeFileName);
+                string? libstdcxx = FindSystemLibstdcxx();
+                if (File.Exists(bridge) && libstdcxx is not null)
+                    PatchedVersions = RelaxMissingLibstdcxxVersions(bridge, libstdcxx);
+            }
+            torch.InitializeDeviceType(DeviceType.CPU);
+            initialized = true;
+        }
+    }
+
+    /// <summary>
+    /// Marks weak every libstdc++ version that <paramref name="bridgePath"/> needs and <paramref name="libstdcxxPath"/>
+    /// does not define. The file is rewritten through a temporary file and a rename, so a hard link to the NuGet cache
+    /// is replaced, never written through. Returns the versions changed (none when the file is already fine).
+    /// </summary>
+    public static IReadOnlyList<string> RelaxMissingLibstdcxxVersions(string bridgePath, string libstdcxxPath)
+    {
+        var defined = ElfVersionNeeds.ReadDefinitions(File.ReadAllBytes(libstdcxxPath), libstdcxxPath);
+        byte[] bytes = File.ReadAllBytes(bridgePath);
+        var changed = ElfVersionNeeds.MarkWeak(bytes,
+            n => n.Library.StartsWith("libstdc++", StringComparison.Ordinal) && !defined.Contains(n.Version), bridgePath);
+        if (changed.Count == 0) return changed;
+
+        string temp = $"{bridgePath}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        try
+        {
+            File.WriteAllBytes(temp, bytes);
+            File.SetUnixFileMode(temp, File.GetUnixFileMode(bridgePath));
+            File.Move(temp, bridgePath, overwrite: true);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new InvalidOperationException(
+                $"{bridgePath} needs {string.Join(", ", changed)}, which {libstdcxxPath} lacks, and its folder is not writable " +
+                "to mark them weak. Run once with write access to that folder, or install a newer libstdc++.", e);
+        }
+        finally
+        {
+            if (File.Exists(temp)) File.Delete(temp);
+        }
+        return changed;
+    }
+
+    static string? FindSystemLibstdcxx()
+    {
+        string[] candidates =
+        [
+            "/lib/x86_64-linux-gnu/libstdc++.so.6",
+            "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
+            "/usr/lib64/libstdc++.so.6",
+            "/usr/lib/libstdc++.so.6",
+        ];
+        return candidates.FirstOrDefault(File.Exists);
+    }
+}

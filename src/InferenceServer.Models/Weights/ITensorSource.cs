@@ -1,0 +1,22 @@
+using static TorchSharp.torch;
+
+namespace InferenceServer.Models.Weights;
+
+/// <summary>A set of named tensors read on demand: one safetensors file, or a sharded checkpoint.</summary>
+public interface ITensorSource : IDisposable
+{
+    /// <summary>Every tensor, in file order.</summary>
+    IReadOnlyList<TensorEntry> Entries { get; }
+
+    /// <summary>Looks a tensor up by name.</summary>
+    bool TryGetEntry(string name, out TensorEntry entry);
+
+    /// <summary>
+    /// Reads one tensor (only its own bytes are touched). Without <paramref name="dtype"/> it keeps the stored type
+    /// (FP8 is decoded to float32); with one it is converted on load.
+    /// </summary>
+    Tensor Load(string name, ScalarType? dtype = null, Device? device = null);
+
+    /// <summary>Reads one tensor's bytes as stored, as a uint8 tensor of shape <c>[ByteLength]</c> (FP8 codes, for example).</summary>
+    Tensor LoadRaw(string name);
+}

@@ -1,0 +1,19 @@
+using System.CommandLine;
+
+namespace InferenceServer.Server.Cli;
+
+/// <summary>The inference-server verbs. Each verb lives in its own file and is added here once it works.</summary>
+public static class CommandLine
+{
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("InferenceServer: self-hosted image generation and editing (FLUX.2 klein) on TorchSharp.");
+        foreach (var verb in Verbs()) root.Subcommands.Add(verb);
+        return root;
+    }
+
+    static IEnumerable<Command> Verbs()
+    {
+        yield break;
+    }
+}

@@ -1,0 +1,3 @@
+using InferenceServer.Server.Cli;
+
+return await CommandLine.Build().Parse(args).InvokeAsync();
