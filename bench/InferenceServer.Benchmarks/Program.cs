@@ -1,0 +1,5 @@
+using BenchmarkDotNet.Running;
+using InferenceServer.Models.Runtime;
+
+TorchRuntime.EnsureInitialized();
+BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
