@@ -1,5 +1,13 @@
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Running;
+using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using InferenceServer.Models.Runtime;
 
+// Benchmarks run in this process (in-process toolchain): libtorch is loaded and patched once here, and the
+// benchmark classes run on the same native runtime the server uses. Select with --filter, e.g. --filter '*Safetensors*'.
 TorchRuntime.EnsureInitialized();
-BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+var config = DefaultConfig.Instance
+    .AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance))
+    .WithOptions(ConfigOptions.DisableOptimizationsValidator);
+BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);
