@@ -1,0 +1,130 @@
+using System.Text.Json;
+using InferenceServer.Models.Qwen3;
+using InferenceServer.Models.Text;
+using InferenceServer.Models.Weights;
+using InferenceServer.Tests.Shared;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Models.Tests.Qwen3;
+
+/// <summary>The klein Qwen3 text encoder against every <c>qwen3-encoder*</c> fixture case (config and tolerances read from the case).</summary>
+public class Qwen3TextEncoderTests(ITestOutputHelper output)
+{
+    public static TheoryData<string> Cases => Fixtures.Cases("qwen3-encoder");
+
+    sealed record Case(string Dir, JsonElement Json, Qwen3Config Config)
+    {
+        public string Weights => Path.Combine(Dir, "weights.safetensors");
+        public string Io => Path.Combine(Dir, "io.safetensors");
+        public (double Atol, double Rtol) Tolerance(string kind) =>
+            (Json.GetProperty("suggested_tolerance").GetProperty(kind).GetProperty("atol").GetDouble(),
+             Json.GetProperty("suggested_tolerance").GetProperty(kind).GetProperty("rtol").GetDouble());
+    }
+
+    static Case Read(string name)
+    {
+        string dir = Fixtures.CaseDir(name);
+        var json = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, "case.json"))).RootElement.Clone();
+        using var io = SafetensorsFile.Open(Path.Combine(dir, "io.safetensors"));
+        var config = Qwen3Config.FromJson(json.GetProperty("config").GetRawText()) with
+        {
+            OutputLayers = [.. json.GetProperty("output_layers").EnumerateArray().Select(e => e.GetInt32())],
+            MaxLength = (int)io["input_ids"].Shape[1],
+        };
+        return new Case(dir, json, config);
+    }
+
+    [Theory, Trait("Category", "Parity")]
+    [MemberData(nameof(Cases))]
+    public void Fp32_hidden_states_and_output_match_reference(string name)
+    {
+        var c = Read(name);
+        var (atol, rtol) = c.Tolerance("float32");
+        using var scope = NewDisposeScope();
+        using var io = SafetensorsFile.Open(c.Io);
+        var ids = io.Load("input_ids");
+        var mask = io.Load("attention_mask");
+
+        using var full = Qwen3TextEncoder.Load(c.Weights, c.Config, ScalarType.Float32, allLayers: true);
+        var states = full.HiddenStates(ids, mask);
+        Assert.Equal(c.Config.NumHiddenLayers + 1, states.Count);
+        for (int k = 0; k < states.Count; k++)
+        {
+            var expected = io.Load($"hidden_states.{k}");
+            output.WriteLine($"{name} hidden_states.{k}: max |diff| {TensorAssert.MaxAbsDiff(states[k], expected):G3}");
+            TensorAssert.Close(states[k], expected, atol, rtol, $"{name} hidden_states.{k}");
+        }
+
+        // The klein encoder proper builds only the layers its output needs.
+        using var encoder = Qwen3TextEncoder.Load(c.Weights, c.Config, ScalarType.Float32);
+        Assert.Equal(c.Config.OutputLayers.Max(), encoder.Depth);
+        var outputExpected = io.Load("output");
+        var actual = encoder.call(ids, mask);
+        Assert.Equal([ids.shape[0], ids.shape[1], c.Config.OutputDim], actual.shape);
+        output.WriteLine($"{name} output: max |diff| {TensorAssert.MaxAbsDiff(actual, outputExpected):G3} (atol {atol}, rtol {rtol})");
+        TensorAssert.Close(actual, outputExpected, atol, rtol, $"{name} output");
+        TensorAssert.Close(full.call(ids, mask), outputExpected, atol, rtol, $"{name} output (all layers built)");
+    }
+
+    [Theory, Trait("Category", "Parity")]
+    [MemberData(nameof(Cases))]
+    public void Bf16_output_is_close_to_reference(string name)
+    {
+        var c = Read(name);
+        var (atol, rtol) = c.Tolerance("bf16_compute");
+        double meanAbsMax = c.Json.GetProperty("suggested_tolerance").GetProperty("bf16_compute").GetProperty("mean_abs_max").GetDouble();
+        using var scope = NewDisposeScope();
+        using var io = SafetensorsFile.Open(c.Io);
+        using var encoder = Qwen3TextEncoder.Load(c.Weights, c.Config, ScalarType.BFloat16);
+        var actual = encoder.call(io.Load("input_ids"), io.Load("attention_mask"));
+        Assert.Equal(ScalarType.BFloat16, actual.dtype);
+        var expected = io.Load("output");
+        double meanAbs = (actual.to(ScalarType.Float32) - expected).abs().mean().item<float>();
+        output.WriteLine($"{name} bf16 output: max |diff| {TensorAssert.MaxAbsDiff(actual, expected):G3}, mean |diff| {meanAbs:G3}");
+        TensorAssert.Close(actual, expected, atol, rtol, $"{name} bf16 output");
+        Assert.True(meanAbs <= meanAbsMax, $"mean |diff| {meanAbs} > {meanAbsMax}");
+    }
+
+    [Theory, Trait("Category", "Parity")]
+    [MemberData(nameof(Cases))]
+    public void Tokenizer_produces_the_case_inputs(string name)
+    {
+        var c = Read(name);
+        var tokenizer = Qwen3Tokenizer.Load();
+        var prompts = c.Json.GetProperty("prompts").EnumerateArray().Select(p => p.GetProperty("prompt").GetString()!).ToList();
+        var encoded = tokenizer.EncodePrompts(prompts, c.Config.MaxLength);
+        using var scope = NewDisposeScope();
+        using var io = SafetensorsFile.Open(c.Io);
+        var ids = io.Load("input_ids");
+        var mask = io.Load("attention_mask");
+        for (int b = 0; b < prompts.Count; b++)
+        {
+            Assert.Equal(ids[b].data<long>().Select(x => (int)x), encoded[b].InputIds);
+            Assert.Equal(mask[b].data<long>().Select(x => (int)x), encoded[b].AttentionMask);
+        }
+    }
+
+    [Fact]
+    public void Cards_load_with_klein_numbers()
+    {
+        var q4 = Qwen3Config.FromCard("qwen3-4b");
+        Assert.Equal((2560, 36, 32, 8, 128, 9728), (q4.HiddenSize, q4.NumHiddenLayers, q4.NumAttentionHeads, q4.NumKeyValueHeads, q4.HeadDim, q4.IntermediateSize));
+        Assert.Equal(7680, q4.OutputDim);
+        Assert.Equal(12288, Qwen3Config.FromCard("qwen3-8b").OutputDim);
+        var tiny = Qwen3Config.FromCard("tiny");
+        Assert.Equal(192, tiny.OutputDim);
+        Assert.Equal(Read("qwen3-encoder").Config, tiny);
+    }
+
+    [Fact]
+    public void Bad_inputs_are_refused()
+    {
+        var c = Read("qwen3-encoder");
+        using var scope = NewDisposeScope();
+        using var encoder = new Qwen3TextEncoder(c.Config with { NumHiddenLayers = 2, OutputLayers = [1, 2] });
+        Assert.Throws<ArgumentException>(() => encoder.call(zeros(0, 8, dtype: ScalarType.Int64), zeros(0, 8, dtype: ScalarType.Int64)));
+        Assert.Throws<ArgumentException>(() => encoder.call(zeros(1, 8, dtype: ScalarType.Int64), zeros(1, 7, dtype: ScalarType.Int64)));
+        Assert.Throws<InvalidDataException>(() => Qwen3Config.FromJson("""{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2, "num_attention_heads": 3, "num_key_value_heads": 2, "head_dim": 4, "rope_theta": 1e6, "rms_norm_eps": 1e-6}"""));
+    }
+}
