@@ -128,3 +128,60 @@ public class Qwen3TextEncoderTests(ITestOutputHelper output)
         Assert.Throws<InvalidDataException>(() => Qwen3Config.FromJson("""{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2, "num_attention_heads": 3, "num_key_value_heads": 2, "head_dim": 4, "rope_theta": 1e6, "rms_norm_eps": 1e-6}"""));
     }
 }
+
+/// <summary>Loading the text encoder from a diffusers/HF <c>text_encoder/</c> folder: sharded BF16 + index + config.json.</summary>
+public class Qwen3TextEncoderLoadTests
+{
+    [Fact]
+    public void Sharded_hf_folder_loads_like_the_single_file()
+    {
+        string caseDir = Fixtures.CaseDir("qwen3-encoder");
+        var card = Qwen3Config.FromCard("tiny");
+        string dir = Directory.CreateTempSubdirectory("qwen3-sharded-").FullName;
+        try
+        {
+            using (var single = SafetensorsFile.Open(Path.Combine(caseDir, "weights.safetensors")))
+            {
+                // A Qwen3ForCausalLM checkpoint as HF writes it: bf16 shards, an index, and an (untied) lm_head we never read.
+                var specs = single.Entries.Select(e => new TensorSpec(e.Name, e.DType, e.Shape)).Append(new TensorSpec("lm_head.weight", SafetensorsDType.BF16, [4, 64])).ToList();
+                SafetensorsWriter.WriteSharded(dir, "model", specs, s => s.Name == "lm_head.weight" ? zeros(4, 64, dtype: ScalarType.BFloat16) : single.Load(s.Name), maxShardBytes: 4_000_000);
+            }
+            File.WriteAllText(Path.Combine(dir, "config.json"),
+                JsonDocument.Parse(File.ReadAllBytes(Path.Combine(caseDir, "case.json"))).RootElement.GetProperty("config").GetRawText());
+            Assert.True(Directory.GetFiles(dir, "model-*.safetensors").Length > 1);
+
+            var config = Qwen3Config.FromHfConfig(Path.Combine(dir, "config.json"), card);
+            using var scope = NewDisposeScope();
+            using var io = SafetensorsFile.Open(Path.Combine(caseDir, "io.safetensors"));
+            var ids = io.Load("input_ids");
+            var mask = io.Load("attention_mask");
+            using var fromFolder = Qwen3TextEncoder.Load(dir, config);
+            using var fromFile = Qwen3TextEncoder.Load(Path.Combine(caseDir, "weights.safetensors"), card);
+            Assert.Equal(0.0, TensorAssert.MaxAbsDiff(fromFolder.call(ids, mask), fromFile.call(ids, mask)));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [Fact]
+    public void Unknown_or_missing_tensors_are_refused()
+    {
+        string caseDir = Fixtures.CaseDir("qwen3-encoder");
+        var card = Qwen3Config.FromCard("tiny");
+        string dir = Directory.CreateTempSubdirectory("qwen3-bad-").FullName;
+        try
+        {
+            using (var single = SafetensorsFile.Open(Path.Combine(caseDir, "weights.safetensors")))
+            {
+                var kept = single.Entries.Where(e => e.Name != "model.layers.2.mlp.up_proj.weight").Select(e => (e.Name, single.Load(e.Name))).ToList();
+                SafetensorsWriter.Write(Path.Combine(dir, "missing.safetensors"), kept);
+                SafetensorsWriter.Write(Path.Combine(dir, "extra.safetensors"), [.. kept, ("model.layers.0.self_attn.q_proj.bias", zeros(64))]);
+                foreach (var (_, t) in kept) t.Dispose();
+            }
+            var missing = Assert.Throws<InvalidDataException>(() => Qwen3TextEncoder.Load(Path.Combine(dir, "missing.safetensors"), card));
+            Assert.Contains("model.layers.2.mlp.up_proj.weight", missing.Message);
+            var extra = Assert.Throws<InvalidDataException>(() => Qwen3TextEncoder.Load(Path.Combine(dir, "extra.safetensors"), card));
+            Assert.Contains("q_proj.bias", extra.Message);
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+}
