@@ -96,4 +96,12 @@ public class Qwen3TokenizerTests
         Assert.Equal("\uFFFDa", Tok.Decode([145, 64]));
         Assert.Equal("\uFFFD<|im_end|>a", Tok.Decode([145, 151645, 64]));
     }
+
+    [Fact]
+    public void Concurrent_use_gives_the_same_ids()
+    {
+        var prompts = Root.GetProperty("cases").EnumerateArray().Select(c => c.GetProperty("prompt").GetString()!).ToArray();
+        var expected = prompts.Select(p => Tok.EncodePrompt(p, 512).InputIds).ToArray();
+        Parallel.For(0, prompts.Length * 8, i => Assert.Equal(expected[i % prompts.Length], Tok.EncodePrompt(prompts[i % prompts.Length], 512).InputIds));
+    }
 }
