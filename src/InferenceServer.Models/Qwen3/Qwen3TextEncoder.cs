@@ -88,6 +88,18 @@ public sealed class Qwen3TextEncoder : nn.Module<Tensor, Tensor, Tensor>
         return cat([.. Config.OutputLayers.Select(i => states[i])], -1).MoveToOuterDisposeScope(); // [B, L, c*C]
     }
 
+    /// <summary>Encodes tokenized prompts (all of one length, see <see cref="Text.Qwen3Tokenizer.EncodePrompts"/>): [B, L, OutputDim].</summary>
+    public Tensor Encode(IReadOnlyList<Text.TokenizedPrompt> prompts)
+    {
+        if (prompts.Count == 0) throw new ArgumentException("the batch holds no prompt", nameof(prompts));
+        int l = prompts[0].InputIds.Length;
+        if (prompts.Any(p => p.InputIds.Length != l)) throw new ArgumentException("prompts of different lengths in one batch", nameof(prompts));
+        using var scope = NewDisposeScope();
+        var ids = tensor(prompts.SelectMany(p => p.InputIds).Select(i => (long)i).ToArray(), [prompts.Count, l]);     // [B, L]
+        var mask = tensor(prompts.SelectMany(p => p.AttentionMask).Select(i => (long)i).ToArray(), [prompts.Count, l]); // [B, L]
+        return forward(ids, mask).MoveToOuterDisposeScope();
+    }
+
     /// <summary>
     /// Hugging Face's <c>hidden_states</c> tuple as far as this module goes: [0] embeddings, [i] output of layer i-1,
     /// and [N] the final norm of the last layer when every layer is built. Each [B, L, hidden]; the caller disposes them.
@@ -106,6 +118,9 @@ public sealed class Qwen3TextEncoder : nn.Module<Tensor, Tensor, Tensor>
         if (inputIds.dim() != 2 || !attentionMask.shape.SequenceEqual(inputIds.shape))
             throw new ArgumentException($"input_ids [{string.Join(", ", inputIds.shape)}] and attention_mask [{string.Join(", ", attentionMask.shape)}] must both be [B, L]");
         if (inputIds.shape[0] == 0) throw new ArgumentException("empty batch", nameof(inputIds));
+        // Right padding: every row starts with a real token, so every query has a key to attend to.
+        if (inputIds.shape[1] == 0 || attentionMask[.., 0].eq(0).any().item<bool>())
+            throw new ArgumentException("every row must start with a real token (right padding; no empty row)", nameof(attentionMask));
         using var noGrad = no_grad();
         var device = model.Embed.parameters().First().device;
         long l = inputIds.shape[1];

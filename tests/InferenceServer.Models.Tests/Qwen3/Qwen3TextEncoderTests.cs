@@ -103,6 +103,10 @@ public class Qwen3TextEncoderTests(ITestOutputHelper output)
             Assert.Equal(ids[b].data<long>().Select(x => (int)x), encoded[b].InputIds);
             Assert.Equal(mask[b].data<long>().Select(x => (int)x), encoded[b].AttentionMask);
         }
+        // Prompt text to klein features in one call.
+        using var encoder = Qwen3TextEncoder.Load(c.Weights, c.Config);
+        var (atol, rtol) = c.Tolerance("float32");
+        TensorAssert.Close(encoder.Encode(encoded), io.Load("output"), atol, rtol, $"{name} output from prompts");
     }
 
     [Fact]
@@ -125,6 +129,8 @@ public class Qwen3TextEncoderTests(ITestOutputHelper output)
         using var encoder = new Qwen3TextEncoder(c.Config with { NumHiddenLayers = 2, OutputLayers = [1, 2] });
         Assert.Throws<ArgumentException>(() => encoder.call(zeros(0, 8, dtype: ScalarType.Int64), zeros(0, 8, dtype: ScalarType.Int64)));
         Assert.Throws<ArgumentException>(() => encoder.call(zeros(1, 8, dtype: ScalarType.Int64), zeros(1, 7, dtype: ScalarType.Int64)));
+        Assert.Throws<ArgumentException>(() => encoder.call(zeros(2, 8, dtype: ScalarType.Int64), zeros(2, 8, dtype: ScalarType.Int64))); // no real token
+        Assert.Throws<ArgumentException>(() => encoder.Encode([]));
         Assert.Throws<InvalidDataException>(() => Qwen3Config.FromJson("""{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2, "num_attention_heads": 3, "num_key_value_heads": 2, "head_dim": 4, "rope_theta": 1e6, "rms_norm_eps": 1e-6}"""));
     }
 }
