@@ -122,6 +122,23 @@ public class Qwen3TextEncoderTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Repeated_calls_leave_no_live_tensors()
+    {
+        var c = Read("qwen3-encoder");
+        using var encoder = Qwen3TextEncoder.Load(c.Weights, c.Config with { MaxLength = 32 });
+        var prompts = Qwen3Tokenizer.Load().EncodePrompts(["a cat", "two dogs"], 32);
+        static long Live() => TorchSharp.DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
+        long before = 0;
+        for (int i = 0; i < 30; i++)
+        {
+            if (i == 2) before = Live();
+            encoder.Encode(prompts).Dispose();
+        }
+        Assert.True(before > 0, "tensor statistics are not being counted");
+        Assert.Equal(before, Live());
+    }
+
+    [Fact]
     public void Bad_inputs_are_refused()
     {
         var c = Read("qwen3-encoder");
