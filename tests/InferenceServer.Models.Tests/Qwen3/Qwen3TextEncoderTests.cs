@@ -116,7 +116,7 @@ public class Qwen3TextEncoderTests(ITestOutputHelper output)
         Assert.Equal((2560, 36, 32, 8, 128, 9728), (q4.HiddenSize, q4.NumHiddenLayers, q4.NumAttentionHeads, q4.NumKeyValueHeads, q4.HeadDim, q4.IntermediateSize));
         Assert.Equal(7680, q4.OutputDim);
         Assert.Equal(12288, Qwen3Config.FromCard("qwen3-8b").OutputDim);
-        var tiny = Qwen3Config.FromCard("tiny");
+        var tiny = Qwen3Config.FromCard("qwen3-tiny");
         Assert.Equal(192, tiny.OutputDim);
         Assert.Equal(Read("qwen3-encoder").Config, tiny);
     }
@@ -159,7 +159,7 @@ public class Qwen3TextEncoderLoadTests
     public void Sharded_hf_folder_loads_like_the_single_file()
     {
         string caseDir = Fixtures.CaseDir("qwen3-encoder");
-        var card = Qwen3Config.FromCard("tiny");
+        var card = Qwen3Config.FromCard("qwen3-tiny");
         string dir = Directory.CreateTempSubdirectory("qwen3-sharded-").FullName;
         try
         {
@@ -189,7 +189,7 @@ public class Qwen3TextEncoderLoadTests
     public void Unknown_or_missing_tensors_are_refused()
     {
         string caseDir = Fixtures.CaseDir("qwen3-encoder");
-        var card = Qwen3Config.FromCard("tiny");
+        var card = Qwen3Config.FromCard("qwen3-tiny");
         string dir = Directory.CreateTempSubdirectory("qwen3-bad-").FullName;
         try
         {
