@@ -123,8 +123,19 @@ public sealed class Qwen3Attention : nn.Module
             k = k.repeat_interleave(heads / kvHeads, dim: 1); // [B, H, L, D]: query head h reads kv head h / (H/KV)
             v = v.repeat_interleave(heads / kvHeads, dim: 1); // [B, H, L, D]
         }
-        var o = nn.functional.scaled_dot_product_attention(q, k, v, allowed); // [B, H, L, D], scale D^-0.5
+        var o = q.dtype == ScalarType.Float32
+            ? nn.functional.scaled_dot_product_attention(q, k, v, allowed) // [B, H, L, D], scale D^-0.5
+            : SoftmaxInFloat32(q, k, v, allowed);                          // [B, H, L, D]
         return o_proj.call(o.transpose(1, 2).reshape(b, l, heads * headDim)).MoveToOuterDisposeScope(); // [B, L, C]
+    }
+
+    /// <summary>Attention for half-precision weights as HF's eager path: scores and softmax in float32, then back.</summary>
+    static Tensor SoftmaxInFloat32(Tensor q, Tensor k, Tensor v, Tensor allowed)
+    {
+        using var scope = NewDisposeScope();
+        var scores = q.matmul(k.transpose(-2, -1)).to(ScalarType.Float32) * Math.Pow(q.shape[^1], -0.5); // [B, H, L, L]
+        scores = scores.masked_fill(allowed.logical_not(), float.NegativeInfinity);
+        return scores.softmax(-1).to(q.dtype).matmul(v).MoveToOuterDisposeScope();                    // [B, H, L, D]
     }
 }
 
