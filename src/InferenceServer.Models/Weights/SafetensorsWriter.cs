@@ -77,8 +77,11 @@ public static class SafetensorsWriter
         });
     }
 
-    /// <summary>The header bytes (length prefix excluded, padding included) a file of these specs starts with.</summary>
-    internal static byte[] Header(IReadOnlyList<TensorSpec> specs, IReadOnlyDictionary<string, string>? metadata)
+    /// <summary>
+    /// The header bytes (after the u64 length prefix, padding included) of a file of these specs, with data offsets in
+    /// spec order from 0: for tools that lay the data out themselves (e.g. sparse benchmark files).
+    /// </summary>
+    public static byte[] Header(IReadOnlyList<TensorSpec> specs, IReadOnlyDictionary<string, string>? metadata)
     {
         using var ms = new MemoryStream();
         using (var w = new Utf8JsonWriter(ms))
