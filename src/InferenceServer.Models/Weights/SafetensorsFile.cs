@@ -1,4 +1,4 @@
-using System.IO.MemoryMappedFiles;
+using Microsoft.Win32.SafeHandles;
 using System.Text.Json;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -6,10 +6,12 @@ using static TorchSharp.torch;
 namespace InferenceServer.Models.Weights;
 
 /// <summary>
-/// A memory-mapped safetensors file: <c>u64-LE header length, JSON header, raw little-endian data</c>.
-/// Opening reads and validates the header only (no mapping, no handle kept open); the first <see cref="Load"/> maps
-/// the file and each load copies just that tensor's bytes, so loading one tensor of an 8 GB file touches a few pages,
-/// not the file. Loads may run on several threads at once.
+/// A safetensors file read lazily: <c>u64-LE header length, JSON header, raw little-endian data</c>.
+/// Opening reads and validates the header only (the file is opened again at the first load); each <see cref="Load"/> reads just that tensor's
+/// bytes with one positional read (pread) straight into the new tensor, so loading one tensor of an 8 GB file reads a
+/// few MB and memory grows by that tensor only. Loads may run on several threads at once. (A memory map was measured
+/// slower: the copy into the tensor is needed either way, and the map adds a page fault per 4 KB page; see
+/// SafetensorsLoadBenchmarks.)
 /// </summary>
 public sealed class SafetensorsFile : ITensorSource
 {
@@ -18,8 +20,7 @@ public sealed class SafetensorsFile : ITensorSource
 
     readonly object gate = new();
     readonly Dictionary<string, TensorEntry> byName;
-    MemoryMappedFile? map;
-    MemoryMappedViewAccessor? view;
+    SafeFileHandle? handle;
     bool disposed;
 
     /// <summary>Full path of the file.</summary>
@@ -80,46 +81,35 @@ public sealed class SafetensorsFile : ITensorSource
         return result;
     }
 
-    MemoryMappedViewAccessor View()
+    SafeFileHandle Handle()
     {
         lock (gate)
         {
             ObjectDisposedException.ThrowIf(disposed, this);
-            if (view is null)
-            {
-                map = MemoryMappedFile.CreateFromFile(Path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-                view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-                // The file may have changed since its header was read: never read past the mapping.
-                if (view.Capacity < FileLength) throw new InvalidDataException($"{Path}: file shrank to {view.Capacity} bytes after opening ({FileLength} expected)");
-            }
-            return view;
+            return handle ??= File.OpenHandle(Path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
         }
     }
 
-    unsafe void CopyInto(TensorEntry e, Tensor destination)
+    /// <summary>Reads the tensor's bytes straight into <paramref name="destination"/> (contiguous, of the right size).</summary>
+    void CopyInto(TensorEntry e, Tensor destination)
     {
         if (e.ByteLength == 0) return;
-        var mapped = View();
-        byte* basePtr = null;
-        mapped.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
-        try
+        var h = Handle();
+        // Tensor.bytes is a span over the tensor's own memory, limited to int length: read in slices of <= 1 GiB.
+        using var flat = destination.flatten();
+        long elementSize = e.ByteLength / Math.Max(1, flat.numel());
+        long perChunk = Math.Max(1, (1L << 30) / Math.Max(1, elementSize));
+        for (long start = 0; start < flat.numel(); start += perChunk)
         {
-            byte* src = basePtr + mapped.PointerOffset + e.Offset;
-            // Tensor.bytes is a span over the tensor's own memory, limited to int length: copy in slices of <= 1 GiB.
-            using var flat = destination.flatten();
-            long elementSize = e.ByteLength / Math.Max(1, flat.numel());
-            long perChunk = Math.Max(1, (1L << 30) / Math.Max(1, elementSize));
-            for (long start = 0; start < flat.numel(); start += perChunk)
+            using var part = flat.narrow(0, start, Math.Min(perChunk, flat.numel() - start));
+            var dst = part.bytes;
+            long offset = e.Offset + start * elementSize;
+            for (int done = 0; done < dst.Length;)
             {
-                long n = Math.Min(perChunk, flat.numel() - start);
-                using var part = flat.narrow(0, start, n);
-                var dst = part.bytes;
-                new ReadOnlySpan<byte>(src + start * elementSize, dst.Length).CopyTo(dst);
+                int n = RandomAccess.Read(h, dst[done..], offset + done);
+                if (n == 0) throw new InvalidDataException($"{Path}: tensor '{e.Name}': the file ends at byte {offset + done}, before the tensor does (truncated after opening?)");
+                done += n;
             }
-        }
-        finally
-        {
-            mapped.SafeMemoryMappedViewHandle.ReleasePointer();
         }
     }
 
@@ -212,8 +202,7 @@ public sealed class SafetensorsFile : ITensorSource
         lock (gate)
         {
             disposed = true;
-            view?.Dispose();
-            map?.Dispose();
+            handle?.Dispose();
         }
     }
 }
