@@ -1,3 +1,4 @@
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -84,15 +85,10 @@ public static class SafetensorsWriter
     public static byte[] Header(IReadOnlyList<TensorSpec> specs, IReadOnlyDictionary<string, string>? metadata)
     {
         using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms))
+        // Non-ASCII names and metadata stay UTF-8 (as serde_json, the reference, writes them), not \uXXXX escapes.
+        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             w.WriteStartObject();
-            if (metadata is { Count: > 0 })
-            {
-                w.WriteStartObject("__metadata__");
-                foreach (var (k, v) in metadata) w.WriteString(k, v);
-                w.WriteEndObject();
-            }
             long offset = 0;
             foreach (var s in specs)
             {
@@ -105,6 +101,12 @@ public static class SafetensorsWriter
                 w.WriteNumberValue(offset);
                 w.WriteNumberValue(offset += s.ByteLength);
                 w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            if (metadata is { Count: > 0 }) // last, as the reference writer places it
+            {
+                w.WriteStartObject("__metadata__");
+                foreach (var (k, v) in metadata) w.WriteString(k, v);
                 w.WriteEndObject();
             }
             w.WriteEndObject();
