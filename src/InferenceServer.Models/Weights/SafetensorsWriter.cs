@@ -17,8 +17,9 @@ public static class SafetensorsWriter
     public static void Write(string path, IEnumerable<(string Name, Tensor Tensor)> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var list = tensors.ToList();
-        var byName = list.ToDictionary(t => t.Name, t => t.Tensor, StringComparer.Ordinal);
         var specs = list.Select(t => TensorSpec.Of(t.Name, t.Tensor)).ToList();
+        CheckNames(specs, path);
+        var byName = list.ToDictionary(t => t.Name, t => t.Tensor, StringComparer.Ordinal);
         WriteFile(path, specs, s => byName[s.Name], disposeProduced: false, metadata, null, 0);
     }
 
