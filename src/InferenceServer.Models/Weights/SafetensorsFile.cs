@@ -9,9 +9,8 @@ namespace InferenceServer.Models.Weights;
 /// A safetensors file read lazily: <c>u64-LE header length, JSON header, raw little-endian data</c>.
 /// Opening reads and validates the header only (the file is opened again at the first load); each <see cref="Load"/> reads just that tensor's
 /// bytes with one positional read (pread) straight into the new tensor, so loading one tensor of an 8 GB file reads a
-/// few MB and memory grows by that tensor only. Loads may run on several threads at once. (A memory map was measured
-/// slower: the copy into the tensor is needed either way, and the map adds a page fault per 4 KB page; see
-/// SafetensorsLoadBenchmarks.)
+/// few MB and memory grows by that tensor only. Loads may run on several threads at once. (A memory map measured no
+/// faster: filling the new tensor's memory dominates, and that copy is needed either way; see SafetensorsLoadBenchmarks.)
 /// </summary>
 public sealed class SafetensorsFile : ITensorSource
 {

@@ -1,3 +1,4 @@
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -16,8 +17,9 @@ public static class SafetensorsWriter
     public static void Write(string path, IEnumerable<(string Name, Tensor Tensor)> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var list = tensors.ToList();
-        var byName = list.ToDictionary(t => t.Name, t => t.Tensor, StringComparer.Ordinal);
         var specs = list.Select(t => TensorSpec.Of(t.Name, t.Tensor)).ToList();
+        CheckNames(specs, path);
+        var byName = list.ToDictionary(t => t.Name, t => t.Tensor, StringComparer.Ordinal);
         WriteFile(path, specs, s => byName[s.Name], disposeProduced: false, metadata, null, 0);
     }
 
@@ -84,15 +86,10 @@ public static class SafetensorsWriter
     public static byte[] Header(IReadOnlyList<TensorSpec> specs, IReadOnlyDictionary<string, string>? metadata)
     {
         using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms))
+        // Non-ASCII names and metadata stay UTF-8 (as serde_json, the reference, writes them), not \uXXXX escapes.
+        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             w.WriteStartObject();
-            if (metadata is { Count: > 0 })
-            {
-                w.WriteStartObject("__metadata__");
-                foreach (var (k, v) in metadata) w.WriteString(k, v);
-                w.WriteEndObject();
-            }
             long offset = 0;
             foreach (var s in specs)
             {
@@ -105,6 +102,12 @@ public static class SafetensorsWriter
                 w.WriteNumberValue(offset);
                 w.WriteNumberValue(offset += s.ByteLength);
                 w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            if (metadata is { Count: > 0 }) // last, as the reference writer places it
+            {
+                w.WriteStartObject("__metadata__");
+                foreach (var (k, v) in metadata) w.WriteString(k, v);
                 w.WriteEndObject();
             }
             w.WriteEndObject();

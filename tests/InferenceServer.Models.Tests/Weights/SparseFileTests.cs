@@ -50,3 +50,26 @@ public class SparseFileTests
         Assert.True(grown < 256L << 20, $"RSS grew by {grown >> 20} MB loading a 4 MB tensor of a {f.FileLength >> 20} MB file");
     }
 }
+
+public class StreamingWriteMemoryTests
+{
+    [Fact]
+    public void Streaming_write_of_512_MB_holds_one_tensor_at_a_time()
+    {
+        using var dir = new TempDir();
+        var specs = Enumerable.Range(0, 16).Select(i => new TensorSpec($"w.{i}", SafetensorsDType.F32, [8 << 20])).ToList(); // 32 MB each
+        long before = SparseFileTests.RssBytes(), peak = before;
+        SafetensorsWriter.Write(dir["big.safetensors"], specs, s =>
+        {
+            peak = Math.Max(peak, SparseFileTests.RssBytes());
+            return full(s.Shape, float.Parse(s.Name[2..]));
+        });
+        peak = Math.Max(peak, SparseFileTests.RssBytes());
+
+        Assert.True(peak - before < 160L << 20, $"RSS grew by {(peak - before) >> 20} MB writing 16 tensors of 32 MB");
+        using var f = SafetensorsFile.Open(dir["big.safetensors"]);
+        Assert.Equal(16L * (32 << 20), f.Entries.Sum(e => e.ByteLength));
+        using var last = f.Load("w.15");
+        Assert.Equal(15f, last[-1].item<float>());
+    }
+}

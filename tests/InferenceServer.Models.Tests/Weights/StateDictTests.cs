@@ -14,6 +14,7 @@ public class StateDictTests
         readonly Sequential mlp;
         readonly Parameter scale;
         readonly Tensor running_mean;
+        readonly Tensor position_ids;
 
         public Block() : base(nameof(Block))
         {
@@ -21,6 +22,7 @@ public class StateDictTests
             mlp = nn.Sequential(nn.Linear(3, 5, hasBias: false), nn.GELU(), nn.Linear(5, 2));
             scale = nn.Parameter(ones(2));
             running_mean = zeros(3);
+            position_ids = arange(4, dtype: ScalarType.Int64);
             RegisterComponents();
             register_buffer("cache", zeros(7), persistent: false);
         }
@@ -28,10 +30,10 @@ public class StateDictTests
         public override Tensor forward(Tensor x) => mlp.forward(proj.forward(x) - running_mean) * scale;
     }
 
-    static readonly string[] Keys = ["proj.weight", "proj.bias", "mlp.0.weight", "mlp.2.weight", "mlp.2.bias", "scale", "running_mean"];
+    static readonly string[] Keys = ["proj.weight", "proj.bias", "mlp.0.weight", "mlp.2.weight", "mlp.2.bias", "scale", "running_mean", "position_ids"];
 
     static List<(string, Tensor)> Checkpoint(nn.Module m, Func<string, string>? rename = null) =>
-        m.state_dict().Select((kv, i) => (rename?.Invoke(kv.Key) ?? kv.Key, full(kv.Value.shape, i + 1.5f))).ToList();
+        m.state_dict().Select((kv, i) => (rename?.Invoke(kv.Key) ?? kv.Key, full(kv.Value.shape, i + 1.5f).to(kv.Value.dtype))).ToList();
 
     static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.dtype == b.dtype && a.eq(b).all().item<bool>();
 
@@ -55,9 +57,11 @@ public class StateDictTests
         var report = StateDict.Load(m, src);
 
         Assert.True(report.IsClean);
-        Assert.Equal(7, report.Loaded);
+        Assert.Equal(8, report.Loaded);
         var sd = m.state_dict();
-        foreach (var (name, t) in ckpt) Assert.Equal(t.data<float>().ToArray(), sd[name].data<float>().ToArray());
+        foreach (var (name, t) in ckpt) Assert.True(Same(t, sd[name]), name);
+        Assert.Equal(ScalarType.Int64, sd["position_ids"].dtype);
+        Assert.NotEqual(0L, sd["position_ids"].sum().item<long>());
         Assert.Equal(4.5f, sd["mlp.0.weight"][0, 0].item<float>()); // state_dict order: proj.weight, proj.bias, mlp.0.weight, ...
         Assert.True(m.named_parameters().All(p => p.parameter.requires_grad)); // still trainable parameters
         Assert.Equal(ckpt.Count, report.Loaded);
@@ -89,7 +93,7 @@ public class StateDictTests
         Assert.Equal("proj.weight", mm.Name);
         Assert.Equal([3L, 4], mm.Expected);
         Assert.Equal([3L, 5], mm.Actual);
-        Assert.Equal(5, report.Loaded);
+        Assert.Equal(6, report.Loaded);
         Assert.True(Same(m.state_dict()["proj.weight"], before["proj.weight"]));
         Assert.True(Same(m.state_dict()["scale"], before["scale"]));
         Assert.Equal(ckpt.Single(c => c.Item1 == "running_mean").Item2.data<float>().ToArray(), m.state_dict()["running_mean"].data<float>().ToArray());
@@ -108,10 +112,10 @@ public class StateDictTests
 
         var report = StateDict.Load(m, src, keyMap: k => k == "model.ignored" ? null : k["model.".Length..]);
         Assert.True(report.IsClean);
-        Assert.Equal(7, report.Loaded);
+        Assert.Equal(8, report.Loaded);
         Assert.Equal(ckpt.Single(c => c.Item1 == "model.scale").Item2.data<float>().ToArray(), m.state_dict()["scale"].data<float>().ToArray());
         var unmapped = StateDict.Load(m, src, strict: false); // without the map nothing matches
-        Assert.Equal(8, unmapped.Unexpected.Count);
+        Assert.Equal(9, unmapped.Unexpected.Count);
         Assert.Equal(Keys.Order(), unmapped.Missing.Order());
         Assert.Equal(0, unmapped.Loaded);
     }
@@ -122,12 +126,14 @@ public class StateDictTests
         using var d = new TempDir();
         using var scope = NewDisposeScope();
         var m = new Block();
-        var values = m.state_dict().ToDictionary(kv => kv.Key, kv => randn(kv.Value.shape));
-        SafetensorsWriter.Write(d["bf16.safetensors"], values.Keys.Select(k => new TensorSpec(k, SafetensorsDType.BF16, values[k].shape)).ToList(), s => values[s.Name].alias());
+        var values = m.state_dict().Where(kv => kv.Value.is_floating_point()).ToDictionary(kv => kv.Key, kv => randn(kv.Value.shape));
+        var specs = values.Keys.Select(k => new TensorSpec(k, SafetensorsDType.BF16, values[k].shape))
+            .Append(new TensorSpec("position_ids", SafetensorsDType.I64, [4])).ToList();
+        SafetensorsWriter.Write(d["bf16.safetensors"], specs, s => s.Name == "position_ids" ? arange(10, 14, dtype: ScalarType.Int64) : values[s.Name].alias());
         using var src = SafetensorsFile.Open(d["bf16.safetensors"]);
 
         StateDict.Load(m, src);
-        foreach (var (k, t) in m.state_dict())
+        foreach (var (k, t) in m.state_dict().Where(kv => kv.Key != "position_ids"))
         {
             Assert.Equal(ScalarType.Float32, t.dtype);
             Assert.True(Same(t, values[k].to(ScalarType.BFloat16).to(ScalarType.Float32)), k); // exactly the BF16 values
@@ -135,7 +141,9 @@ public class StateDictTests
 
         var half = new Block();
         StateDict.Load(half, src, dtype: ScalarType.BFloat16);
-        foreach (var (k, t) in half.state_dict())
+        Assert.Equal(ScalarType.Int64, half.state_dict()["position_ids"].dtype); // only floating-point tensors change type
+        Assert.Equal(new long[] { 10, 11, 12, 13 }, half.state_dict()["position_ids"].data<long>().ToArray());
+        foreach (var (k, t) in half.state_dict().Where(kv => kv.Key != "position_ids"))
         {
             Assert.Equal(ScalarType.BFloat16, t.dtype);
             Assert.True(Same(t, values[k].to(ScalarType.BFloat16)), k);
