@@ -39,6 +39,15 @@ public sealed record Flux2Config
     /// <summary>Where the numbers came from (model cards only; not used by the model).</summary>
     [JsonPropertyName("source")] public string? Source { get; init; }
 
+    /// <summary>models/flux2-klein-4b.json</summary>
+    public static Flux2Config Klein4B => ModelCards.Load("flux2-klein-4b").Transformer;
+    /// <summary>models/flux2-klein-9b.json</summary>
+    public static Flux2Config Klein9B => ModelCards.Load("flux2-klein-9b").Transformer;
+    /// <summary>models/flux2-dev.json</summary>
+    public static Flux2Config Dev => ModelCards.Load("flux2-dev").Transformer;
+    /// <summary>models/flux2-tiny.json: the real structure at toy width, for end-to-end CPU tests.</summary>
+    public static Flux2Config Tiny => ModelCards.Load("flux2-tiny").Transformer;
+
     [JsonIgnore] public int HeadDim => HiddenSize / NumHeads;
     [JsonIgnore] public int MlpHiddenDim => (int)(HiddenSize * MlpRatio);
 

@@ -173,7 +173,7 @@ public static class Flux2Diffusers
             var loaded = new Dictionary<string, Tensor>();
             try
             {
-                var t = ToBfl(name, e.Shape[0], n => loaded.TryGetValue(n, out var l) ? l : loaded[n] = inner.Load(n, dtype));
+                var t = ToBfl(name, e.Shape[0], n => loaded.TryGetValue(n, out var l) ? l : loaded[n] = inner.Load(n, dtype).DetachFromDisposeScope());
                 if (device is not null && t.device != device) { var m = t.to(device); t.Dispose(); t = m; }
                 return t;
             }

@@ -1,5 +1,6 @@
 using TorchSharp;
 using TorchSharp.Modules;
+using TorchSharp.Utils;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -15,9 +16,9 @@ public sealed class RMSNorm : Module<Tensor, Tensor>
     readonly Parameter scale; // [dim]
     readonly double eps;
 
-    public RMSNorm(long dim, double eps) : base(nameof(RMSNorm))
+    public RMSNorm(long dim, double eps, Device? device = null, ScalarType? dtype = null) : base(nameof(RMSNorm))
     {
-        scale = new Parameter(ones(dim), requires_grad: false);
+        scale = new Parameter(ones(dim, dtype: dtype, device: device), requires_grad: false);
         this.eps = eps;
         RegisterComponents();
     }
@@ -37,10 +38,10 @@ public sealed class QKNorm : Module
     readonly RMSNorm query_norm;
     readonly RMSNorm key_norm;
 
-    public QKNorm(long headDim, double eps) : base(nameof(QKNorm))
+    public QKNorm(long headDim, double eps, Device? device = null, ScalarType? dtype = null) : base(nameof(QKNorm))
     {
-        query_norm = new RMSNorm(headDim, eps);
-        key_norm = new RMSNorm(headDim, eps);
+        query_norm = new RMSNorm(headDim, eps, device, dtype);
+        key_norm = new RMSNorm(headDim, eps, device, dtype);
         RegisterComponents();
     }
 
@@ -55,11 +56,11 @@ public sealed class SelfAttention : Module
     internal readonly QKNorm norm;
     internal readonly Linear proj; // [hidden, hidden]
 
-    public SelfAttention(long hidden, long heads, double eps) : base(nameof(SelfAttention))
+    public SelfAttention(long hidden, long heads, double eps, Device? device = null, ScalarType? dtype = null) : base(nameof(SelfAttention))
     {
-        qkv = Linear(hidden, 3 * hidden, hasBias: false);
-        norm = new QKNorm(hidden / heads, eps);
-        proj = Linear(hidden, hidden, hasBias: false);
+        qkv = Linear(hidden, 3 * hidden, hasBias: false, device: device, dtype: dtype);
+        norm = new QKNorm(hidden / heads, eps, device, dtype);
+        proj = Linear(hidden, hidden, hasBias: false, device: device, dtype: dtype);
         RegisterComponents();
     }
 }
@@ -67,15 +68,14 @@ public sealed class SelfAttention : Module
 /// <summary>SwiGLU MLP as BFL's <c>Sequential(Linear, SiLUActivation, Linear)</c>: keys <c>0.weight</c>, <c>2.weight</c>.</summary>
 public sealed class SwiGluMlp : Module<Tensor, Tensor>
 {
-    readonly Linear linear_in;  // "0": [2*mlp_hidden, hidden], rows [gate | up]
-    readonly Linear linear_out; // "2": [hidden, mlp_hidden]
+    [ComponentName(Name = "0")] readonly Linear linear_in;  // [2*mlp_hidden, hidden], rows [gate | up]
+    [ComponentName(Name = "2")] readonly Linear linear_out; // [hidden, mlp_hidden]
 
-    public SwiGluMlp(long hidden, long mlpHidden) : base(nameof(SwiGluMlp))
+    public SwiGluMlp(long hidden, long mlpHidden, Device? device = null, ScalarType? dtype = null) : base(nameof(SwiGluMlp))
     {
-        linear_in = Linear(hidden, 2 * mlpHidden, hasBias: false);
-        linear_out = Linear(mlpHidden, hidden, hasBias: false);
-        register_module("0", linear_in);
-        register_module("2", linear_out);
+        linear_in = Linear(hidden, 2 * mlpHidden, hasBias: false, device: device, dtype: dtype);
+        linear_out = Linear(mlpHidden, hidden, hasBias: false, device: device, dtype: dtype);
+        RegisterComponents();
     }
 
     public override Tensor forward(Tensor x)
@@ -91,10 +91,10 @@ public sealed class MLPEmbedder : Module<Tensor, Tensor>
     readonly Linear in_layer;  // [hidden, in]
     readonly Linear out_layer; // [hidden, hidden]
 
-    public MLPEmbedder(long inDim, long hidden) : base(nameof(MLPEmbedder))
+    public MLPEmbedder(long inDim, long hidden, Device? device = null, ScalarType? dtype = null) : base(nameof(MLPEmbedder))
     {
-        in_layer = Linear(inDim, hidden, hasBias: false);
-        out_layer = Linear(hidden, hidden, hasBias: false);
+        in_layer = Linear(inDim, hidden, hasBias: false, device: device, dtype: dtype);
+        out_layer = Linear(hidden, hidden, hasBias: false, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -111,9 +111,9 @@ public sealed class Modulation : Module
     readonly Linear lin; // [multiplier*hidden, hidden]
     readonly int multiplier;
 
-    public Modulation(long hidden, int multiplier) : base(nameof(Modulation))
+    public Modulation(long hidden, int multiplier, Device? device = null, ScalarType? dtype = null) : base(nameof(Modulation))
     {
-        lin = Linear(hidden, multiplier * hidden, hasBias: false);
+        lin = Linear(hidden, multiplier * hidden, hasBias: false, device: device, dtype: dtype);
         this.multiplier = multiplier;
         RegisterComponents();
     }
@@ -139,13 +139,13 @@ public sealed class DoubleStreamBlock : Module
     readonly long hidden, heads;
     readonly double lnEps;
 
-    public DoubleStreamBlock(Flux2Config c) : base(nameof(DoubleStreamBlock))
+    public DoubleStreamBlock(Flux2Config c, Device? device = null, ScalarType? dtype = null) : base(nameof(DoubleStreamBlock))
     {
         hidden = c.HiddenSize; heads = c.NumHeads; lnEps = c.LayerNormEps;
-        img_attn = new SelfAttention(hidden, heads, c.RmsNormEps);
-        img_mlp = new SwiGluMlp(hidden, c.MlpHiddenDim);
-        txt_attn = new SelfAttention(hidden, heads, c.RmsNormEps);
-        txt_mlp = new SwiGluMlp(hidden, c.MlpHiddenDim);
+        img_attn = new SelfAttention(hidden, heads, c.RmsNormEps, device, dtype);
+        img_mlp = new SwiGluMlp(hidden, c.MlpHiddenDim, device, dtype);
+        txt_attn = new SelfAttention(hidden, heads, c.RmsNormEps, device, dtype);
+        txt_mlp = new SwiGluMlp(hidden, c.MlpHiddenDim, device, dtype);
         RegisterComponents();
     }
 
@@ -183,12 +183,12 @@ public sealed class SingleStreamBlock : Module
     readonly long hidden, heads;
     readonly double lnEps;
 
-    public SingleStreamBlock(Flux2Config c) : base(nameof(SingleStreamBlock))
+    public SingleStreamBlock(Flux2Config c, Device? device = null, ScalarType? dtype = null) : base(nameof(SingleStreamBlock))
     {
         hidden = c.HiddenSize; heads = c.NumHeads; lnEps = c.LayerNormEps;
-        linear1 = Linear(hidden, 3 * hidden + 2L * c.MlpHiddenDim, hasBias: false);
-        linear2 = Linear(hidden + c.MlpHiddenDim, hidden, hasBias: false);
-        norm = new QKNorm(c.HeadDim, c.RmsNormEps);
+        linear1 = Linear(hidden, 3 * hidden + 2L * c.MlpHiddenDim, hasBias: false, device: device, dtype: dtype);
+        linear2 = Linear(hidden + c.MlpHiddenDim, hidden, hasBias: false, device: device, dtype: dtype);
+        norm = new QKNorm(c.HeadDim, c.RmsNormEps, device, dtype);
         RegisterComponents();
     }
 
@@ -210,12 +210,12 @@ public sealed class SingleStreamBlock : Module
 /// <summary>Holds BFL's <c>adaLN_modulation = Sequential(SiLU, Linear)</c> so the linear's key is <c>adaLN_modulation.1.weight</c>.</summary>
 public sealed class AdaLNModulation : Module<Tensor, Tensor>
 {
-    readonly Linear linear; // "1": [2*hidden, hidden], rows [shift | scale]
+    [ComponentName(Name = "1")] readonly Linear linear; // [2*hidden, hidden], rows [shift | scale]
 
-    public AdaLNModulation(long hidden) : base(nameof(AdaLNModulation))
+    public AdaLNModulation(long hidden, Device? device = null, ScalarType? dtype = null) : base(nameof(AdaLNModulation))
     {
-        linear = Linear(hidden, 2 * hidden, hasBias: false);
-        register_module("1", linear);
+        linear = Linear(hidden, 2 * hidden, hasBias: false, device: device, dtype: dtype);
+        RegisterComponents();
     }
 
     public override Tensor forward(Tensor vec)
@@ -232,10 +232,10 @@ public sealed class LastLayer : Module
     readonly AdaLNModulation adaLN_modulation;
     readonly double lnEps;
 
-    public LastLayer(long hidden, long outChannels, double lnEps) : base(nameof(LastLayer))
+    public LastLayer(long hidden, long outChannels, double lnEps, Device? device = null, ScalarType? dtype = null) : base(nameof(LastLayer))
     {
-        linear = Linear(hidden, outChannels, hasBias: false);
-        adaLN_modulation = new AdaLNModulation(hidden);
+        linear = Linear(hidden, outChannels, hasBias: false, device: device, dtype: dtype);
+        adaLN_modulation = new AdaLNModulation(hidden, device, dtype);
         this.lnEps = lnEps;
         RegisterComponents();
     }

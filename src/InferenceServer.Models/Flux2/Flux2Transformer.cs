@@ -29,21 +29,24 @@ public sealed class Flux2Transformer : Module
     /// <summary>The hyper-parameters this module was built from.</summary>
     public Flux2Config Config { get; }
 
-    /// <summary>Builds the module (weights uninitialised-random, float32, CPU); load a checkpoint or call <see cref="InitRandom"/>.</summary>
-    public Flux2Transformer(Flux2Config config) : base(nameof(Flux2Transformer))
+    /// <summary>
+    /// Builds the module directly on <paramref name="device"/> in <paramref name="dtype"/> (default CPU, float32; the
+    /// <c>meta</c> device allocates nothing). Weights are PyTorch-default random: load a checkpoint or call <see cref="InitRandom"/>.
+    /// </summary>
+    public Flux2Transformer(Flux2Config config, Device? device = null, ScalarType? dtype = null) : base(nameof(Flux2Transformer))
     {
         Config = config.Validated();
         var c = Config;
-        img_in = Linear(c.InChannels, c.HiddenSize, hasBias: false);
-        time_in = new MLPEmbedder(c.TimestepEmbedDim, c.HiddenSize);
-        guidance_in = c.UseGuidanceEmbed ? new MLPEmbedder(c.TimestepEmbedDim, c.HiddenSize) : null;
-        txt_in = Linear(c.ContextInDim, c.HiddenSize, hasBias: false);
-        double_blocks = new ModuleList<DoubleStreamBlock>(Enumerable.Range(0, c.Depth).Select(_ => new DoubleStreamBlock(c)).ToArray());
-        single_blocks = new ModuleList<SingleStreamBlock>(Enumerable.Range(0, c.DepthSingleBlocks).Select(_ => new SingleStreamBlock(c)).ToArray());
-        double_stream_modulation_img = new Modulation(c.HiddenSize, 6);
-        double_stream_modulation_txt = new Modulation(c.HiddenSize, 6);
-        single_stream_modulation = new Modulation(c.HiddenSize, 3);
-        final_layer = new LastLayer(c.HiddenSize, c.InChannels, c.LayerNormEps);
+        img_in = Linear(c.InChannels, c.HiddenSize, hasBias: false, device: device, dtype: dtype);
+        time_in = new MLPEmbedder(c.TimestepEmbedDim, c.HiddenSize, device, dtype);
+        guidance_in = c.UseGuidanceEmbed ? new MLPEmbedder(c.TimestepEmbedDim, c.HiddenSize, device, dtype) : null;
+        txt_in = Linear(c.ContextInDim, c.HiddenSize, hasBias: false, device: device, dtype: dtype);
+        double_blocks = new ModuleList<DoubleStreamBlock>(Enumerable.Range(0, c.Depth).Select(_ => new DoubleStreamBlock(c, device, dtype)).ToArray());
+        single_blocks = new ModuleList<SingleStreamBlock>(Enumerable.Range(0, c.DepthSingleBlocks).Select(_ => new SingleStreamBlock(c, device, dtype)).ToArray());
+        double_stream_modulation_img = new Modulation(c.HiddenSize, 6, device, dtype);
+        double_stream_modulation_txt = new Modulation(c.HiddenSize, 6, device, dtype);
+        single_stream_modulation = new Modulation(c.HiddenSize, 3, device, dtype);
+        final_layer = new LastLayer(c.HiddenSize, c.InChannels, c.LayerNormEps, device, dtype);
         RegisterComponents();
         foreach (var (_, p) in named_parameters()) p.requires_grad = false;
     }
@@ -154,15 +157,15 @@ public sealed class Flux2Transformer : Module
     }
 
     /// <summary>
-    /// Random weights like the fixtures: every Linear ~ N(0, fan_in^-0.5), every RMSNorm scale ~ 1 + 0.1 N(0, 1).
+    /// Random weights like the fixtures: every Linear ~ N(0, fan_in^-0.5), every RMSNorm scale ~ 1 + 0.1 N(0, 1); each
+    /// tensor from its own generator (see <see cref="Flux2RandomCheckpoint.Parameter"/>), so it equals a random checkpoint of the same seed.
     /// </summary>
     public Flux2Transformer InitRandom(long seed)
     {
         using var noGrad = no_grad();
-        var gen = new Generator((ulong)seed);
         foreach (var (name, p) in named_parameters())
         {
-            using var r = Flux2Specs.RandomTensor(name, p.shape, p.dtype, gen);
+            using var r = Flux2RandomCheckpoint.Parameter(name, p.shape, p.dtype, seed);
             p.copy_(r);
         }
         return this;

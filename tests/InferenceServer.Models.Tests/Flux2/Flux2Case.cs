@@ -44,7 +44,7 @@ public sealed class Flux2Case : IDisposable
         var model = new Flux2Transformer(Config);
         model.to(dtype);
         using var w = SafetensorsFile.Open(Path.Combine(Dir, Json.GetProperty("weights").GetProperty("file").GetString()!));
-        Flux2Weights.Load(model, w);
+        Flux2Checkpoint.Load(model, w);
         return model;
     }
 
