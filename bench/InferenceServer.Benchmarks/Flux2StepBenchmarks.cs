@@ -9,7 +9,7 @@ namespace InferenceServer.Benchmarks;
 /// <summary>
 /// One FLUX.2 DiT step (one transformer forward) at the klein-4B shape: 256 image tokens (a 256x256 image: 16x16
 /// tokens) + 512 text tokens, random weights built in memory, FP32 and BF16. The environment variables
-/// FLUX2_BENCH_CARD (default flux2-klein-4b), FLUX2_BENCH_DEPTH and FLUX2_BENCH_SINGLE (block counts; default the
+/// FLUX2_BENCH_DTYPES (default "bf16,fp32"), FLUX2_BENCH_CARD (default flux2-klein-4b), FLUX2_BENCH_DEPTH and FLUX2_BENCH_SINGLE (block counts; default the
 /// card's) allow a reduced-depth run of the same widths when memory is short; per-block cost then extrapolates.
 /// Peak RSS (VmHWM, reset before each iteration) is printed at cleanup.
 /// Run: dotnet run -c Release --project bench/InferenceServer.Benchmarks -- --filter '*Flux2Step*'
@@ -17,8 +17,13 @@ namespace InferenceServer.Benchmarks;
 [MemoryDiagnoser(false)]
 public class Flux2StepBenchmarks
 {
-    [Params(ScalarType.BFloat16, ScalarType.Float32)]
+    [ParamsSource(nameof(DTypes))]
     public ScalarType DType { get; set; }
+
+    /// <summary>BFloat16 and Float32, or only those named in FLUX2_BENCH_DTYPES (e.g. "bf16" or "fp32,bf16").</summary>
+    public static IEnumerable<ScalarType> DTypes() =>
+        (Environment.GetEnvironmentVariable("FLUX2_BENCH_DTYPES") ?? "bf16,fp32").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .Select(n => n == "fp32" ? ScalarType.Float32 : n == "bf16" ? ScalarType.BFloat16 : throw new ArgumentException($"FLUX2_BENCH_DTYPES: unknown dtype '{n}' (bf16, fp32)"));
 
     Flux2Transformer? model;
     Tensor? x, xIds, ctx, ctxIds, t;
