@@ -9,6 +9,6 @@ using InferenceServer.Models.Runtime;
 TorchRuntime.EnsureInitialized();
 if (args is ["profile", ..]) { InferenceServer.Benchmarks.Flux2StepProfile.Run(args); return; }
 var config = DefaultConfig.Instance
-    .AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance))
+    .AddJob(Job.Default.WithToolchain(new InProcessEmitToolchain(TimeSpan.FromHours(2), logOutput: true))) // a full-size DiT step takes minutes
     .WithOptions(ConfigOptions.DisableOptimizationsValidator);
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);
