@@ -83,10 +83,10 @@ public static class Flux2Diffusers
     static ArgumentException Unknown(string name) => new($"'{name}' is not a FLUX.2 transformer key", nameof(name));
 
     /// <summary>A diffusers tensor: its name, shape, and the BFL row blocks it is made of (in diffusers row order).</summary>
-    public sealed record Tensorspec(string Name, long[] Shape, IReadOnlyList<(string BflName, Flux2DiffusersPart Part)> Sources);
+    public sealed record DiffusersTensor(string Name, long[] Shape, IReadOnlyList<(string BflName, Flux2DiffusersPart Part)> Sources);
 
     /// <summary>The diffusers tensors of <paramref name="c"/>, in BFL parameter order of first appearance.</summary>
-    public static IReadOnlyList<Tensorspec> Specs(Flux2Config c)
+    public static IReadOnlyList<DiffusersTensor> Specs(Flux2Config c)
     {
         var byName = new Dictionary<string, List<(string, Flux2DiffusersPart)>>(StringComparer.Ordinal);
         var order = new List<(string Name, long[] BflShape)>();
@@ -99,12 +99,12 @@ public static class Flux2Diffusers
         return order.Select(o =>
         {
             var src = byName[o.Name].OrderBy(s => s.Item2.DiffusersStart).ToList();
-            return new Tensorspec(o.Name, [src.Sum(s => s.Item2.Count), .. o.BflShape[1..]], src);
+            return new DiffusersTensor(o.Name, [src.Sum(s => s.Item2.Count), .. o.BflShape[1..]], src);
         }).ToList();
     }
 
     /// <summary>Builds the diffusers tensor <paramref name="spec"/> from BFL tensors fetched by <paramref name="bfl"/> (caller disposes the result).</summary>
-    public static Tensor ToDiffusers(Tensorspec spec, Func<string, Tensor> bfl)
+    public static Tensor ToDiffusers(DiffusersTensor spec, Func<string, Tensor> bfl)
     {
         using var s = NewDisposeScope();
         var blocks = spec.Sources.Select(x => bfl(x.BflName).narrow(0, x.Part.BflStart, x.Part.Count)).ToList();
