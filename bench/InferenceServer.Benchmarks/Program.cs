@@ -7,7 +7,8 @@ using InferenceServer.Models.Runtime;
 // Benchmarks run in this process (in-process toolchain): libtorch is loaded and patched once here, and the
 // benchmark classes run on the same native runtime the server uses. Select with --filter, e.g. --filter '*Safetensors*'.
 TorchRuntime.EnsureInitialized();
+if (args is ["profile", ..]) { InferenceServer.Benchmarks.Flux2StepProfile.Run(args); return; }
 var config = DefaultConfig.Instance
-    .AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance))
+    .AddJob(Job.Default.WithToolchain(new InProcessEmitToolchain(TimeSpan.FromHours(2), logOutput: true))) // a full-size DiT step takes minutes
     .WithOptions(ConfigOptions.DisableOptimizationsValidator);
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);

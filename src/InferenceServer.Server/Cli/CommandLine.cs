@@ -15,5 +15,6 @@ public static class CommandLine
     static IEnumerable<Command> Verbs()
     {
         yield return InspectCommand.Create();
+        yield return RandomCheckpointCommand.Create();
     }
 }

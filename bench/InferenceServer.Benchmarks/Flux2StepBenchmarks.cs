@@ -1,0 +1,80 @@
+using BenchmarkDotNet.Attributes;
+using InferenceServer.Models;
+using InferenceServer.Models.Flux2;
+using InferenceServer.Pipeline.Flux2;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Benchmarks;
+
+/// <summary>
+/// One FLUX.2 DiT step (one transformer forward) at the klein-4B shape: 256 image tokens (a 256x256 image: 16x16
+/// tokens) + 512 text tokens, random weights built in memory, FP32 and BF16. The environment variables
+/// FLUX2_BENCH_DTYPES (default "bf16,fp32"), FLUX2_BENCH_CARD (default flux2-klein-4b), FLUX2_BENCH_DEPTH and FLUX2_BENCH_SINGLE (block counts; default the
+/// card's) allow a reduced-depth run of the same widths when memory is short; per-block cost then extrapolates.
+/// Peak RSS (VmHWM, reset before each iteration) is printed at cleanup.
+/// Run: dotnet run -c Release --project bench/InferenceServer.Benchmarks -- --filter '*Flux2Step*'
+/// </summary>
+[MemoryDiagnoser(false)]
+public class Flux2StepBenchmarks
+{
+    [ParamsSource(nameof(DTypes))]
+    public ScalarType DType { get; set; }
+
+    /// <summary>BFloat16 and Float32, or only those named in FLUX2_BENCH_DTYPES (e.g. "bf16" or "fp32,bf16").</summary>
+    public static IEnumerable<ScalarType> DTypes() =>
+        (Environment.GetEnvironmentVariable("FLUX2_BENCH_DTYPES") ?? "bf16,fp32").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .Select(n => n == "fp32" ? ScalarType.Float32 : n == "bf16" ? ScalarType.BFloat16 : throw new ArgumentException($"FLUX2_BENCH_DTYPES: unknown dtype '{n}' (bf16, fp32)"));
+
+    Flux2Transformer? model;
+    Tensor? x, xIds, ctx, ctxIds, t;
+    long peakRss;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var cfg = ModelCards.Load(Environment.GetEnvironmentVariable("FLUX2_BENCH_CARD") ?? "flux2-klein-4b").Transformer;
+        if (int.TryParse(Environment.GetEnvironmentVariable("FLUX2_BENCH_DEPTH"), out int d)) cfg = cfg with { Depth = d };
+        if (int.TryParse(Environment.GetEnvironmentVariable("FLUX2_BENCH_SINGLE"), out int s)) cfg = cfg with { DepthSingleBlocks = s };
+        model = new Flux2Transformer(cfg, dtype: DType); // built directly in DType: no FP32 copy of a BF16 model
+        (x, xIds) = Flux2Packing.BatchedPrcImg(randn(1, cfg.InChannels, 16, 16));
+        (ctx, ctxIds) = Flux2Packing.BatchedPrcTxt(randn(1, 512, cfg.ContextInDim));
+        t = full(1, 0.9f);
+        Console.WriteLine($"// FLUX.2 step benchmark: {cfg.Depth} double + {cfg.DepthSingleBlocks} single blocks, hidden {cfg.HiddenSize}, " +
+            $"{Flux2Specs.ParameterCount(cfg):N0} parameters, {DType}, {x.shape[1]} image + {ctx.shape[1]} text tokens, torch threads {get_num_threads()}");
+    }
+
+    [IterationSetup]
+    public void ResetPeak() => ResetPeakRss();
+
+    [Benchmark]
+    public void Step()
+    {
+        using var scope = NewDisposeScope();
+        model!.Forward(x!, xIds!, t!, ctx!, ctxIds!);
+        peakRss = Math.Max(peakRss, ReadStatusKb("VmHWM"));
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        Console.WriteLine($"// {DType}: peak RSS during steps {peakRss / 1024.0 / 1024.0:F2} GiB (VmHWM), RSS now {ReadStatusKb("VmRSS") / 1024.0 / 1024.0:F2} GiB");
+        model?.Dispose();
+        foreach (var v in new[] { x, xIds, ctx, ctxIds, t }) v?.Dispose();
+        peakRss = 0;
+        GC.Collect();
+    }
+
+    /// <summary>Resets VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs).</summary>
+    static void ResetPeakRss()
+    {
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
+    static long ReadStatusKb(string key)
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith(key + ":", StringComparison.Ordinal))
+                return long.Parse(line[(key.Length + 1)..].Trim().Split(' ')[0]);
+        return 0;
+    }
+}

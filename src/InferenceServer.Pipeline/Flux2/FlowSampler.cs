@@ -1,0 +1,109 @@
+using InferenceServer.Models.Flux2;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Pipeline.Flux2;
+
+/// <summary>
+/// One finished sampler step. The tensors are valid only inside the callback (they are disposed with the step);
+/// clone what you keep.
+/// </summary>
+/// <param name="Index">0-based step.</param>
+/// <param name="Count">Number of steps.</param>
+/// <param name="TCurr">Timestep the model saw.</param>
+/// <param name="TPrev">Timestep reached.</param>
+/// <param name="Latents">[B, L_img, C] image tokens after the step (float32).</param>
+/// <param name="Velocity">[B, L_img, C] the (guided) prediction used for the step.</param>
+public sealed record DenoiseStep(int Index, int Count, float TCurr, float TPrev, Tensor Latents, Tensor Velocity);
+
+/// <summary>
+/// Euler flow-matching loops (BFL <c>denoise</c>, <c>denoise_cfg</c>). Reference tokens are appended after the image
+/// tokens and only the image tokens' prediction is used. Latents stay float32 whatever the model dtype; each step
+/// runs in its own dispose scope, and the cancellation token is checked before every step and after the callback.
+/// </summary>
+public static class FlowSampler
+{
+    /// <summary>Guidance-distilled sampling (klein): one model call per step.</summary>
+    /// <param name="img">[B, L_img, C] initial noise tokens (not modified, not disposed).</param>
+    /// <param name="imgIds">[B, L_img, 4]</param>
+    /// <param name="txt">[B, Lt, ctx_dim]</param>
+    /// <param name="txtIds">[B, Lt, 4]</param>
+    /// <param name="timesteps">From <see cref="FlowSchedule.GetSchedule"/>.</param>
+    /// <param name="guidance">Guidance scale for models with a guidance embedding (ignored otherwise).</param>
+    /// <param name="refTokens">[B or 1, L_ref, C] reference tokens, or null.</param>
+    /// <param name="refIds">[B or 1, L_ref, 4]</param>
+    /// <returns>[B, L_img, C] float32 denoised tokens (caller owns).</returns>
+    public static Tensor Denoise(Flux2Transformer model, Tensor img, Tensor imgIds, Tensor txt, Tensor txtIds, IReadOnlyList<float> timesteps,
+        float guidance, Tensor? refTokens = null, Tensor? refIds = null, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default)
+    {
+        CheckRefs(refTokens, refIds);
+        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) =>
+        {
+            long b = x.shape[0];
+            var tVec = full(b, tCurr, ScalarType.Float32, x.device);
+            var gVec = model.Config.UseGuidanceEmbed ? full(b, guidance, ScalarType.Float32, x.device) : null;
+            var (input, ids) = WithRefs(x, imgIds, refTokens, refIds);
+            return model.Forward(input, ids, tVec, txt, txtIds, gVec)[.., ..(int)x.shape[1]];
+        });
+    }
+
+    /// <summary>
+    /// Classifier-free guidance for non-distilled models: <paramref name="txt"/> is cat([uncond, cond]) ([2B, Lt, D]);
+    /// pred = u + guidance (c - u); the model is called with no guidance embedding input.
+    /// </summary>
+    public static Tensor DenoiseCfg(Flux2Transformer model, Tensor img, Tensor imgIds, Tensor txt, Tensor txtIds, IReadOnlyList<float> timesteps,
+        float guidance, Tensor? refTokens = null, Tensor? refIds = null, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default)
+    {
+        CheckRefs(refTokens, refIds);
+        if (txt.shape[0] != 2 * img.shape[0]) throw new ArgumentException($"txt [{string.Join(", ", txt.shape)}] must hold [uncond; cond] for the {img.shape[0]} image(s) of img [{string.Join(", ", img.shape)}]", nameof(txt));
+        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) =>
+        {
+            var x2 = cat([x, x], 0);
+            var ids2 = cat([imgIds, imgIds], 0);
+            var (r2, rid2) = refTokens is null ? (null, null) : (cat([refTokens, refTokens], 0), cat([refIds!, refIds!], 0));
+            var (input, ids) = WithRefs(x2, ids2, r2, rid2);
+            var tVec = full(x2.shape[0], tCurr, ScalarType.Float32, x.device);
+            var pred = model.Forward(input, ids, tVec, txt, txtIds, null)[.., ..(int)x.shape[1]].to(ScalarType.Float32);
+            var uc = pred.chunk(2, 0);
+            return uc[0] + guidance * (uc[1] - uc[0]);
+        });
+    }
+
+    static Tensor Loop(Tensor img, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct, Func<Tensor, float, Tensor> velocity)
+    {
+        if (timesteps.Count < 2) throw new ArgumentException($"need at least 2 timesteps, got {timesteps.Count}", nameof(timesteps));
+        var x = img.to(ScalarType.Float32);
+        bool owned = !ReferenceEquals(x, img) && x.Handle != img.Handle;
+        for (int i = 0; i < timesteps.Count - 1; i++)
+        {
+            ct.ThrowIfCancellationRequested();
+            float tCurr = timesteps[i], tPrev = timesteps[i + 1];
+            using (var scope = NewDisposeScope())
+            {
+                var pred = velocity(x, tCurr).to(ScalarType.Float32);           // [B, L_img, C]
+                var next = x + pred * ((double)tPrev - tCurr);                  // Python float step on a float32 tensor
+                onStep?.Invoke(new DenoiseStep(i, timesteps.Count - 1, tCurr, tPrev, next, pred));
+                next.MoveToOuterDisposeScope();
+                if (owned) x.Dispose();
+                x = next;
+                owned = true;
+            }
+            ct.ThrowIfCancellationRequested();
+        }
+        return owned ? x : x.clone();
+    }
+
+    static (Tensor X, Tensor Ids) WithRefs(Tensor x, Tensor ids, Tensor? refTokens, Tensor? refIds)
+    {
+        if (refTokens is null) return (x, ids);
+        var r = refTokens.shape[0] == x.shape[0] ? refTokens : refTokens.expand(x.shape[0], -1, -1);
+        var ri = refIds!.shape[0] == x.shape[0] ? refIds : refIds.expand(x.shape[0], -1, -1);
+        return (cat([x, r.to(x.dtype)], 1), cat([ids, ri], 1));
+    }
+
+    static void CheckRefs(Tensor? refTokens, Tensor? refIds)
+    {
+        if ((refTokens is null) != (refIds is null)) throw new ArgumentException("reference tokens and reference ids come together (both or neither)");
+        if (refTokens is not null && (refTokens.dim() != 3 || refIds!.dim() != 3 || refTokens.shape[1] != refIds.shape[1]))
+            throw new ArgumentException($"reference tokens [{string.Join(", ", refTokens.shape)}] and ids [{string.Join(", ", refIds!.shape)}] must be [B, L_ref, C] and [B, L_ref, 4]");
+    }
+}

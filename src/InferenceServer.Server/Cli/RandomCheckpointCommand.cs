@@ -1,0 +1,63 @@
+using System.CommandLine;
+using InferenceServer.Models;
+using InferenceServer.Models.Flux2;
+using InferenceServer.Models.Runtime;
+using Spectre.Console;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Server.Cli;
+
+/// <summary>
+/// <c>inference-server random-checkpoint --preset tiny|klein-4b|klein-9b --layout bfl|diffusers --out DIR [--dtype bf16|fp32] [--seed S]</c>:
+/// writes a random-weight checkpoint of the real shapes (for now the transformer only), streamed tensor by tensor so a
+/// full-size preset never sits in memory. BFL: <c>DIR/flux-2-klein-4b.safetensors</c>; diffusers: <c>DIR/transformer/</c>
+/// shards + index + config.json.
+/// </summary>
+internal static class RandomCheckpointCommand
+{
+    static readonly string[] Presets = ["tiny", "klein-4b", "klein-9b", "dev"];
+
+    public static Command Create()
+    {
+        var preset = new Option<string>("--preset") { Description = "Model preset (models/flux2-PRESET.json)", Required = true };
+        preset.AcceptOnlyFromAmong(Presets);
+        var layout = new Option<string>("--layout") { Description = "bfl (one official file) or diffusers (transformer/ shards)", DefaultValueFactory = _ => "bfl" };
+        layout.AcceptOnlyFromAmong("bfl", "diffusers");
+        var outDir = new Option<string>("--out") { Description = "Output folder", Required = true };
+        var dtype = new Option<string>("--dtype") { Description = "Stored dtype", DefaultValueFactory = _ => "bf16" };
+        dtype.AcceptOnlyFromAmong("bf16", "fp32");
+        var seed = new Option<long>("--seed") { Description = "Random seed (each tensor from (seed, key))", DefaultValueFactory = _ => 0 };
+        var command = new Command("random-checkpoint", "Write a random-weight FLUX.2 checkpoint of a preset's real shapes (transformer)") { preset, layout, outDir, dtype, seed };
+        command.SetAction(r => Run(r.GetValue(preset)!, r.GetValue(layout)!, r.GetValue(outDir)!, r.GetValue(dtype)!, r.GetValue(seed)));
+        return command;
+    }
+
+    static int Run(string preset, string layoutName, string outDir, string dtypeName, long seed)
+    {
+        TorchRuntime.EnsureInitialized();
+        var card = ModelCards.Load("flux2-" + preset);
+        var layout = layoutName == "diffusers" ? Flux2Layout.Diffusers : Flux2Layout.Bfl;
+        var dtype = dtypeName == "fp32" ? ScalarType.Float32 : ScalarType.BFloat16;
+        var specs = Flux2RandomCheckpoint.Specs(card.Transformer, layout, dtype);
+        long total = specs.Sum(s => s.ByteLength);
+        string fileName = card.BflFile ?? Flux2Checkpoint.BflFileName(preset);
+        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(card.Name)}[/] transformer: {specs.Count} tensors, {Flux2Specs.ParameterCount(card.Transformer):N0} parameters, {total / (double)(1L << 30):F2} GiB {dtypeName}, layout {layoutName}, seed {seed}");
+        string written = "";
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask("transformer", maxValue: total);
+                written = Flux2RandomCheckpoint.Write(card.Transformer, layout, outDir, fileName, dtype, seed, new Inline(b => task.Value = b));
+                task.Value = total;
+            });
+        AnsiConsole.MarkupLine($"wrote [green]{Markup.Escape(written)}[/]");
+        return 0;
+    }
+
+    /// <summary>Reports on the writing thread (Progress&lt;T&gt; would post to the thread pool, out of order).</summary>
+    sealed class Inline(Action<long> report) : IProgress<long>
+    {
+        public void Report(long value) => report(value);
+    }
+}
