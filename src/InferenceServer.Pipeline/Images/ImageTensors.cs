@@ -1,0 +1,42 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Pipeline.Images;
+
+/// <summary>Conversions between <see cref="RgbImage"/> and the model's float pixel tensors in [-1, 1], as FLUX.2 does them.</summary>
+public static class ImageTensors
+{
+    /// <summary>
+    /// <c>[3, H, W]</c> float32 on the CPU: <c>2 * (u8 / 255) - 1</c>, each step in float32, exactly the reference's
+    /// <c>2 * torchvision ToTensor()(img) - 1</c>.
+    /// </summary>
+    public static Tensor ToTensor(RgbImage image)
+    {
+        using var scope = NewDisposeScope();
+        var u8 = tensor(image.Rgb, [image.Height, image.Width, 3], ScalarType.Byte); // [H, W, 3]
+        var x = u8.permute(2, 0, 1).to(ScalarType.Float32).div(255f).mul(2f).sub(1f).contiguous(); // [3, H, W]
+        return x.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The float -> u8 step of the reference's decode (BFL cli.py): clamp to [-1, 1], then <c>(127.5 * (x + 1)).byte()</c>,
+    /// which truncates. Takes <c>[3, H, W]</c> or <c>[1, 3, H, W]</c> (any float dtype, any device); returns u8 <c>[H, W, 3]</c> on the CPU.
+    /// </summary>
+    public static Tensor ToUInt8Hwc(Tensor image)
+    {
+        using var scope = NewDisposeScope();
+        var chw = image.dim() == 4 && image.shape[0] == 1 ? image.squeeze(0) : image;
+        if (chw.dim() != 3 || chw.shape[0] != 3)
+            throw new ArgumentException($"expected [3, H, W] or [1, 3, H, W], got [{string.Join(", ", image.shape)}]", nameof(image));
+        var x = chw.to(ScalarType.Float32).clamp(-1f, 1f);                       // [3, H, W]
+        var u8 = x.add(1f).mul(127.5f).to(ScalarType.Byte);                      // [3, H, W], truncated
+        return u8.permute(1, 2, 0).contiguous().cpu().MoveToOuterDisposeScope(); // [H, W, 3]
+    }
+
+    /// <summary>A <c>[3, H, W]</c> / <c>[1, 3, H, W]</c> tensor in [-1, 1] as an image, through <see cref="ToUInt8Hwc"/>.</summary>
+    public static RgbImage ToRgbImage(Tensor image)
+    {
+        using var u8 = ToUInt8Hwc(image);
+        return new RgbImage((int)u8.shape[1], (int)u8.shape[0], u8.data<byte>().ToArray());
+    }
+}
