@@ -157,6 +157,18 @@ public class ImageDecodeTests
         _ => '?',
     };
 
+    [Fact]
+    public void Interlaced_png_and_progressive_jpeg_decode_like_their_plain_forms()
+    {
+        var scene = TestImages.Scene(64, 48);
+        using var vips = TestImages.ToVips(scene);
+        Assert.Equal(scene.Rgb, codec.Decode(vips.PngsaveBuffer(interlace: true)).Rgb);
+        var progressive = codec.Decode(vips.JpegsaveBuffer(q: 90, interlace: true));
+        var baseline = codec.Decode(vips.JpegsaveBuffer(q: 90));
+        Assert.Equal((64, 48), (progressive.Width, progressive.Height));
+        Assert.True(TestImages.Psnr(progressive, baseline) > 45, $"{TestImages.Psnr(progressive, baseline):F1} dB");
+    }
+
     [Theory]
     [InlineData(ImageFormat.Png)]
     [InlineData(ImageFormat.Jpeg)]
