@@ -26,7 +26,26 @@ public sealed class ImageCodec(ImageLimits? limits = null)
 
     /// <summary>Decodes PNG, JPEG or WebP bytes to upright 8-bit sRGB.</summary>
     /// <exception cref="ImageDecodeException">empty, unsupported, too large or corrupt input.</exception>
-    public RgbImage Decode(byte[] data)
+    public RgbImage Decode(byte[] data) => Open(data, (loaded, _) =>
+    {
+        using var srgb = ToSrgb8(loaded);
+        // Rotation needs random access: decode into memory first (the size is already known to be acceptable).
+        using var upright = Orientation(loaded) is > 1 and <= 8 ? Chain(srgb.CopyMemory(), m => m.Autorot()) : srgb.Copy();
+        return new RgbImage(upright.Width, upright.Height, upright.WriteToMemory<byte>());
+    });
+
+    /// <summary>
+    /// The format and upright size from the header alone, with every check <see cref="Decode(byte[])"/> makes before
+    /// decoding pixels (so a request can be sized and refused cheaply); damaged pixel data is only found by decoding.
+    /// </summary>
+    /// <exception cref="ImageDecodeException">empty, unsupported, too large or unreadable header.</exception>
+    public ImageHeader ReadHeader(byte[] data) => Open(data, (loaded, format) =>
+        Orientation(loaded) is >= 5 and <= 8 // 90-degree turns swap the sides
+            ? new ImageHeader(format, loaded.Height, loaded.Width)
+            : new ImageHeader(format, loaded.Width, loaded.Height));
+
+    /// <summary>Checks bytes and header, then runs <paramref name="use"/> on the lazily loaded image; libvips errors become Corrupt.</summary>
+    T Open<T>(byte[] data, Func<Image, ImageFormat, T> use)
     {
         if (data.Length == 0) throw new ImageDecodeException(ImageDecodeError.Empty, "the image is empty (0 bytes)");
         if (data.LongLength > Limits.MaxBytes)
@@ -43,10 +62,7 @@ public sealed class ImageCodec(ImageLimits? limits = null)
                 _ => Image.WebploadBuffer(data, access: Access.Sequential, failOn: Limits.FailOn),
             };
             CheckSize(loaded.Width, loaded.Height, detected);
-            using var srgb = ToSrgb8(loaded);
-            // Rotation needs random access: decode into memory first (the size is already known to be acceptable).
-            using var upright = Orientation(loaded) is > 1 and <= 8 ? Chain(srgb.CopyMemory(), m => m.Autorot()) : srgb.Copy();
-            return new RgbImage(upright.Width, upright.Height, upright.WriteToMemory<byte>());
+            return use(loaded, format);
         }
         catch (VipsException e)
         {

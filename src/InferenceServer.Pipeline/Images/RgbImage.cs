@@ -28,3 +28,6 @@ public sealed record EncodedImage(byte[] Bytes, ImageFormat Format)
 {
     public string MimeType => Format.MimeType();
 }
+
+/// <summary>What an input image's header says: its format and its upright size (EXIF orientation applied).</summary>
+public sealed record ImageHeader(ImageFormat Format, int Width, int Height);

@@ -107,6 +107,9 @@ public class ImageDecodeRefusalTests
         Assert.True(GC.GetAllocatedBytesForCurrentThread() - before < 1 << 20);
         Assert.True(Environment.WorkingSet - rssBefore < 256L << 20, "no pixel buffer was allocated");
         Assert.Null(e.InnerException);
+        Assert.Equal(ImageDecodeError.TooLarge, Assert.Throws<ImageDecodeException>(() => codec.ReadHeader(bomb)).Reason);
+        // The header itself is fine: with a large enough limit it reads, and only decoding would find the missing pixels.
+        Assert.Equal(new ImageHeader(ImageFormat.Png, 100_000, 100_000), new ImageCodec(new ImageLimits { MaxPixels = 10_000_000_000 }).ReadHeader(bomb));
     }
 
     [Theory]
@@ -121,7 +124,11 @@ public class ImageDecodeRefusalTests
         foreach (var format in new[] { ImageFormat.Png, ImageFormat.Jpeg, ImageFormat.Webp })
         {
             var bytes = ImageCodec.Encode(TestImages.Scene(width, height), format).Bytes;
-            if (accepted) Assert.Equal((width, height), (small.Decode(bytes).Width, small.Decode(bytes).Height));
+            if (accepted)
+            {
+                Assert.Equal((width, height), (small.Decode(bytes).Width, small.Decode(bytes).Height));
+                Assert.Equal(new ImageHeader(format, width, height), small.ReadHeader(bytes));
+            }
             else Refused(small, bytes, ImageDecodeError.TooLarge, $"{width}x{height}", "limit is 100 pixels");
         }
     }

@@ -146,6 +146,7 @@ public class ImageDecodeTests
         (byte R, byte G, byte B)[] px = [img[inset, inset], img[width - 1 - inset, inset], img[inset, height - 1 - inset], img[width - 1 - inset, height - 1 - inset]];
         var seen = new string(px.Select(Name).ToArray());
         Assert.Equal(corners, seen);
+        Assert.Equal(new ImageHeader(ImageFormat.Jpeg, width, height), codec.ReadHeader(jpeg));
     }
 
     static char Name((byte R, byte G, byte B) p) => p switch
