@@ -15,7 +15,9 @@ public class ImageTensorTests
         Assert.Equal(new long[] { 3, 1, 256 }, t.shape);
         Assert.Equal(ScalarType.Float32, t.dtype);
         var actual = t.permute(1, 2, 0).contiguous().data<float>().ToArray(); // back to HWC order
-        var expected = rgb.Select(v => 2f * (v / 255f) - 1f).ToArray();
+        // The reference's ops, in torch: ToTensor's .float().div(255), then 2 * x - 1.
+        var u8 = tensor(rgb, [1, 256, 3], ScalarType.Byte);
+        var expected = (2 * u8.to(ScalarType.Float32).div(255) - 1).flatten().data<float>().ToArray();
         Assert.Equal(expected, actual);
         Assert.Equal([-1f, 1f], new[] { actual[0], actual[255 * 3] });
     }
