@@ -14,7 +14,8 @@ public static class ImageTensors
     public static Tensor ToTensor(RgbImage image)
     {
         int hw = image.Width * image.Height;
-        var chw = new float[3 * hw];
+        var result = empty([3, image.Height, image.Width], ScalarType.Float32); // [3, H, W], contiguous
+        var chw = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes); // its native memory
         var rgb = image.Rgb;
         for (int i = 0; i < hw; i++)
         {
@@ -22,7 +23,7 @@ public static class ImageTensors
             chw[hw + i] = UnitRange[rgb[3 * i + 1]];
             chw[2 * hw + i] = UnitRange[rgb[3 * i + 2]];
         }
-        return tensor(chw, [3, image.Height, image.Width]); // [3, H, W]
+        return result;
     }
 
     /// <summary><c>2f * (v / 255f) - 1f</c> for every u8 value v: float32 division, product and difference, as torch computes them.</summary>
