@@ -139,7 +139,9 @@ public sealed class ImageCodec(ImageLimits? limits = null)
     /// <summary>
     /// Resizes to exactly <paramref name="width"/> x <paramref name="height"/> with libvips' Lanczos3 kernel and no
     /// pre-shrink (<c>gap = 0</c>): the same filter as PIL's <c>Image.resize(..., LANCZOS)</c> that the FLUX.2
-    /// reference uses to cap reference images (a windowed sinc with support scaled by the reduction).
+    /// reference uses to cap reference images (a windowed sinc with support scaled by the reduction). That holds for
+    /// shrinking, the reference's only use; enlarging goes through libvips' own upsampling path. Not compared with PIL
+    /// pixel for pixel (PIL is not installed here).
     /// </summary>
     public static RgbImage Resize(RgbImage image, int width, int height)
     {
