@@ -1,3 +1,4 @@
+using InferenceServer.Models.Weights;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -31,6 +32,18 @@ public sealed class Flux2Autoencoder : Module
         RegisterComponents();
         foreach (var p in parameters()) p.requires_grad = false;
         eval();
+    }
+
+    /// <summary>
+    /// Moves the model to <paramref name="device"/> and casts the encoder and decoder to <paramref name="dtype"/>
+    /// (float32 or bfloat16); the BatchNorm statistics stay float32.
+    /// </summary>
+    public Flux2Autoencoder To(ScalarType dtype, Device? device = null)
+    {
+        if (device is not null) this.to(device);
+        encoder.to(dtype);
+        decoder.to(dtype);
+        return this;
     }
 
     /// <summary>The dtype of the convolution weights (what encode/decode compute in).</summary>
@@ -134,11 +147,40 @@ public sealed class Flux2Autoencoder : Module
     }
 
     /// <summary>
-    /// Copies named tensors (BFL keys) into the parameters and buffers, converting each to the target's dtype and device.
-    /// Shapes must match. With <paramref name="strict"/>, every key must be known and every parameter and buffer
-    /// present; otherwise the missing and unexpected keys are only reported.
+    /// Loads a checkpoint file (or sharded source) in BFL or diffusers layout (detected from the keys; diffusers keys
+    /// go through <see cref="AutoEncoderKeyMap"/>), one tensor at a time. See the other overload for the rules.
+    /// </summary>
+    public (IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected) LoadWeights(ITensorSource source, bool strict = true)
+    {
+        bool diffusers = AutoEncoderKeyMap.IsDiffusersLayout(source.Entries.Select(e => e.Name));
+        IEnumerable<KeyValuePair<string, Tensor>> Read()
+        {
+            foreach (var e in source.Entries)
+            {
+                using var t = source.Load(e.Name);
+                string key = diffusers ? AutoEncoderKeyMap.ToBfl(e.Name, Config.NumLevels) : e.Name;
+                using var v = diffusers ? AutoEncoderKeyMap.ToBflTensor(key, t) : t.alias();
+                yield return new(key, v);
+            }
+        }
+        return LoadBfl(Read(), strict);
+    }
+
+    /// <summary>
+    /// Copies named tensors (BFL or diffusers keys, detected) into the parameters and buffers, converting each to the
+    /// target's dtype and device. Shapes must match. With <paramref name="strict"/>, every key must be known and every
+    /// parameter and buffer present; otherwise the missing and unexpected keys are only reported.
     /// </summary>
     public (IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected) LoadWeights(IEnumerable<KeyValuePair<string, Tensor>> source, bool strict = true)
+    {
+        var pairs = source.ToList();
+        if (!AutoEncoderKeyMap.IsDiffusersLayout(pairs.Select(p => p.Key))) return LoadBfl(pairs, strict);
+        var bfl = AutoEncoderKeyMap.ToBfl(pairs, Config.NumLevels);
+        try { return LoadBfl(bfl, strict); }
+        finally { foreach (var t in bfl.Values) t.Dispose(); }
+    }
+
+    (IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected) LoadBfl(IEnumerable<KeyValuePair<string, Tensor>> source, bool strict)
     {
         var targets = state_dict();
         var seen = new HashSet<string>(StringComparer.Ordinal);
