@@ -7,20 +7,25 @@ namespace InferenceServer.Models.Weights;
 
 /// <summary>
 /// A memory-mapped safetensors file: <c>u64-LE header length, JSON header, raw little-endian data</c>.
-/// Opening reads and validates the header only; each <see cref="Load"/> copies just that tensor's bytes, so
-/// loading one tensor of an 8 GB file touches a few pages, not the file.
+/// Opening reads and validates the header only (no mapping, no handle kept open); the first <see cref="Load"/> maps
+/// the file and each load copies just that tensor's bytes, so loading one tensor of an 8 GB file touches a few pages,
+/// not the file. Loads may run on several threads at once.
 /// </summary>
 public sealed class SafetensorsFile : ITensorSource
 {
     /// <summary>Headers larger than this are refused (the format's own reference limit is 100 MB).</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
-    readonly MemoryMappedFile? map;
-    readonly MemoryMappedViewAccessor? view;
+    readonly object gate = new();
     readonly Dictionary<string, TensorEntry> byName;
+    MemoryMappedFile? map;
+    MemoryMappedViewAccessor? view;
+    bool disposed;
 
+    /// <summary>Full path of the file.</summary>
     public string Path { get; }
     public IReadOnlyList<TensorEntry> Entries { get; }
+    /// <summary>The header's <c>__metadata__</c> strings (empty when it has none).</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
     public long FileLength { get; }
 
@@ -31,11 +36,6 @@ public sealed class SafetensorsFile : ITensorSource
         Entries = entries;
         Metadata = metadata;
         byName = entries.ToDictionary(e => e.Name, StringComparer.Ordinal);
-        if (length > 0)
-        {
-            map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-        }
     }
 
     /// <summary>Opens and validates a file; throws <see cref="InvalidDataException"/> naming the file (and tensor) on any defect.</summary>
@@ -80,14 +80,31 @@ public sealed class SafetensorsFile : ITensorSource
         return result;
     }
 
+    MemoryMappedViewAccessor View()
+    {
+        lock (gate)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            if (view is null)
+            {
+                map = MemoryMappedFile.CreateFromFile(Path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+                view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+                // The file may have changed since its header was read: never read past the mapping.
+                if (view.Capacity < FileLength) throw new InvalidDataException($"{Path}: file shrank to {view.Capacity} bytes after opening ({FileLength} expected)");
+            }
+            return view;
+        }
+    }
+
     unsafe void CopyInto(TensorEntry e, Tensor destination)
     {
         if (e.ByteLength == 0) return;
+        var mapped = View();
         byte* basePtr = null;
-        view!.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
+        mapped.SafeMemoryMappedViewHandle.AcquirePointer(ref basePtr);
         try
         {
-            byte* src = basePtr + view.PointerOffset + e.Offset;
+            byte* src = basePtr + mapped.PointerOffset + e.Offset;
             // Tensor.bytes is a span over the tensor's own memory, limited to int length: copy in slices of <= 1 GiB.
             using var flat = destination.flatten();
             long elementSize = e.ByteLength / Math.Max(1, flat.numel());
@@ -102,7 +119,7 @@ public sealed class SafetensorsFile : ITensorSource
         }
         finally
         {
-            view.SafeMemoryMappedViewHandle.ReleasePointer();
+            mapped.SafeMemoryMappedViewHandle.ReleasePointer();
         }
     }
 
@@ -192,7 +209,11 @@ public sealed class SafetensorsFile : ITensorSource
 
     public void Dispose()
     {
-        view?.Dispose();
-        map?.Dispose();
+        lock (gate)
+        {
+            disposed = true;
+            view?.Dispose();
+            map?.Dispose();
+        }
     }
 }

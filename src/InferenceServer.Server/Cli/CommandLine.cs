@@ -14,6 +14,6 @@ public static class CommandLine
 
     static IEnumerable<Command> Verbs()
     {
-        yield break;
+        yield return InspectCommand.Create();
     }
 }

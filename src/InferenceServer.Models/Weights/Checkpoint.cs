@@ -1,0 +1,73 @@
+namespace InferenceServer.Models.Weights;
+
+/// <summary>Opens whatever a user points at as a checkpoint: a safetensors file, a sharded index or a folder.</summary>
+public static class Checkpoint
+{
+    /// <summary>The suffix of a sharded checkpoint's index file.</summary>
+    public const string IndexSuffix = ".safetensors.index.json";
+
+    /// <summary>
+    /// Opens <paramref name="path"/>: a <c>.safetensors</c> file; a <c>*.safetensors.index.json</c>; or a folder
+    /// holding one index (used), else every <c>*.safetensors</c> file in it merged (a name in two files is an error).
+    /// Throws <see cref="FileNotFoundException"/> or <see cref="InvalidDataException"/> naming the path at fault.
+    /// </summary>
+    public static ITensorSource Open(string path)
+    {
+        path = Path.GetFullPath(path);
+        if (File.Exists(path))
+            return path.EndsWith(IndexSuffix, StringComparison.Ordinal) || path.EndsWith(".index.json", StringComparison.Ordinal)
+                ? ShardedSafetensors.Open(path)
+                : SafetensorsFile.Open(path);
+        if (!Directory.Exists(path)) throw new FileNotFoundException($"{path}: no such file or folder", path);
+
+        var indexes = Directory.GetFiles(path, "*" + IndexSuffix).Order(StringComparer.Ordinal).ToArray();
+        if (indexes.Length > 1)
+            throw new InvalidDataException($"{path}: several checkpoint indexes ({string.Join(", ", indexes.Select(Path.GetFileName))}); name one");
+        if (indexes.Length == 1) return ShardedSafetensors.Open(indexes[0]);
+        var files = Directory.GetFiles(path, "*.safetensors").Order(StringComparer.Ordinal).ToArray();
+        return files.Length switch
+        {
+            0 => throw new FileNotFoundException($"{path}: no *.safetensors file or {IndexSuffix} in this folder", path),
+            1 => SafetensorsFile.Open(files[0]),
+            _ => ShardedSafetensors.Merge(path, files),
+        };
+    }
+
+    /// <summary>
+    /// Every checkpoint under a folder, recursively: each index file, and each <c>.safetensors</c> file no index
+    /// there maps. Sorted by path. A file path is returned as it is.
+    /// </summary>
+    public static IReadOnlyList<string> Discover(string path)
+    {
+        path = Path.GetFullPath(path);
+        if (File.Exists(path)) return [path];
+        if (!Directory.Exists(path)) throw new FileNotFoundException($"{path}: no such file or folder", path);
+        var found = new List<string>();
+        foreach (var dir in Directory.EnumerateDirectories(path, "*", SearchOption.AllDirectories).Prepend(path))
+        {
+            var indexes = Directory.GetFiles(dir, "*" + IndexSuffix);
+            var sharded = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var index in indexes)
+            {
+                found.Add(index);
+                foreach (var f in ShardFiles(index)) sharded.Add(Path.GetFullPath(Path.Combine(dir, f)));
+            }
+            found.AddRange(Directory.GetFiles(dir, "*.safetensors").Where(f => !sharded.Contains(f)));
+        }
+        return found.Order(StringComparer.Ordinal).ToList();
+    }
+
+    /// <summary>The file names an index maps to; none when it cannot be read (opening it reports why).</summary>
+    static IEnumerable<string> ShardFiles(string index)
+    {
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(index));
+            if (doc.RootElement.ValueKind == System.Text.Json.JsonValueKind.Object && doc.RootElement.TryGetProperty("weight_map", out var wm)
+                && wm.ValueKind == System.Text.Json.JsonValueKind.Object)
+                return wm.EnumerateObject().Select(p => p.Value.ToString()).Distinct().ToList();
+        }
+        catch (System.Text.Json.JsonException) { }
+        return [];
+    }
+}

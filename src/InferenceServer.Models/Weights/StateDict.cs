@@ -1,0 +1,86 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Models.Weights;
+
+/// <summary>A module tensor whose checkpoint tensor has another shape.</summary>
+public sealed record ShapeMismatch(string Name, long[] Expected, long[] Actual)
+{
+    public override string ToString() => $"{Name}: module [{string.Join(", ", Expected)}], checkpoint [{string.Join(", ", Actual)}]";
+}
+
+/// <summary>How a checkpoint matched a module: module keys it lacks, keys the module lacks, and shape mismatches.</summary>
+public sealed record LoadReport(IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected, IReadOnlyList<ShapeMismatch> Mismatched)
+{
+    /// <summary>Tensors copied into the module.</summary>
+    public int Loaded { get; init; }
+
+    public bool IsClean => Missing.Count == 0 && Unexpected.Count == 0 && Mismatched.Count == 0;
+
+    /// <summary>Throws an <see cref="InvalidDataException"/> listing every problem unless the report is clean.</summary>
+    public void ThrowIfNotClean(string what)
+    {
+        if (!IsClean) throw new InvalidDataException($"{what}: checkpoint does not match the module: {this}");
+    }
+
+    public override string ToString()
+    {
+        if (IsClean) return $"{Loaded} tensors loaded";
+        var parts = new List<string>();
+        if (Missing.Count > 0) parts.Add($"{Missing.Count} missing ({List(Missing)})");
+        if (Unexpected.Count > 0) parts.Add($"{Unexpected.Count} unexpected ({List(Unexpected)})");
+        if (Mismatched.Count > 0) parts.Add($"{Mismatched.Count} with another shape ({List(Mismatched.Select(m => m.ToString()).ToList())})");
+        return string.Join("; ", parts);
+    }
+
+    static string List(IReadOnlyList<string> names) =>
+        names.Count <= 20 ? string.Join(", ", names) : string.Join(", ", names.Take(20)) + $", ... and {names.Count - 20} more";
+}
+
+/// <summary>Loads checkpoint tensors into a module's parameters and persistent buffers, by name.</summary>
+public static class StateDict
+{
+    /// <summary>
+    /// Copies every checkpoint tensor into the module tensor of the same name (after <paramref name="keyMap"/>, which
+    /// turns a checkpoint key into a module key, or null to skip it), converting on load. With
+    /// <paramref name="dtype"/> the module's floating-point parameters and buffers are first converted to it;
+    /// otherwise each tensor keeps its module dtype (a BF16 file loads into an FP32 module as FP32).
+    /// strict: any missing, unexpected or mis-shaped key throws an <see cref="InvalidDataException"/> naming them,
+    /// before anything is copied. Not strict: what matches is loaded and the report says what did not.
+    /// </summary>
+    public static LoadReport Load(nn.Module module, ITensorSource source, bool strict = true, Func<string, string?>? keyMap = null, ScalarType? dtype = null)
+    {
+        var targets = module.state_dict();
+        var pairs = new List<(string Key, string ModuleKey, Tensor Target)>();
+        var unexpected = new List<string>();
+        var mismatched = new List<ShapeMismatch>();
+        var seen = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var e in source.Entries)
+        {
+            string? key = keyMap is null ? e.Name : keyMap(e.Name);
+            if (key is null) continue;
+            if (!targets.TryGetValue(key, out var target)) { unexpected.Add(e.Name); continue; }
+            if (!seen.TryAdd(key, e.Name))
+                throw new InvalidDataException($"checkpoint keys '{seen[key]}' and '{e.Name}' both map to module key '{key}'");
+            if (!target.shape.SequenceEqual(e.Shape)) { mismatched.Add(new ShapeMismatch(key, target.shape, e.Shape)); continue; }
+            pairs.Add((e.Name, key, target));
+        }
+        var missing = targets.Keys.Where(k => !seen.ContainsKey(k)).ToList();
+        var report = new LoadReport(missing, unexpected, mismatched) { Loaded = pairs.Count };
+        if (strict) report.ThrowIfNotClean(source is SafetensorsFile f ? f.Path : source is ShardedSafetensors s ? s.Path : "checkpoint");
+
+        if (dtype is { } d)
+        {
+            module.to(d);
+            targets = module.state_dict(); // conversion replaced the tensors
+            pairs = pairs.Select(p => (p.Key, p.ModuleKey, targets[p.ModuleKey])).ToList();
+        }
+        using var noGrad = no_grad();
+        foreach (var (key, _, target) in pairs)
+        {
+            using var t = source.Load(key, target.dtype);
+            target.copy_(t);
+        }
+        return report;
+    }
+}
