@@ -60,10 +60,11 @@ sealed class VaeCase : IDisposable
     public Flux2Autoencoder Model(ScalarType dtype = ScalarType.Float32)
     {
         var ae = new Flux2Autoencoder(Config);
-        var (missing, unexpected) = ae.LoadWeights(Weights, strict: false);
-        Assert.Empty(unexpected);
+        var report = ae.LoadWeights(Weights, strict: false);
+        Assert.Empty(report.Unexpected);
+        Assert.Empty(report.Mismatched);
         var held = Weights.Entries.Select(e => e.Name.Split('.')[0]).ToHashSet();
-        Assert.All(missing, k => Assert.DoesNotContain(k.Split('.')[0], held));
+        Assert.All(report.Missing, k => Assert.DoesNotContain(k.Split('.')[0], held));
         if (dtype != ScalarType.Float32) ae.To(dtype);
         return ae;
     }

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using InferenceServer.Models.Weights;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Models.Flux2.Autoencoder;
@@ -50,11 +51,17 @@ public static class AutoEncoderKeyMap
         keys.Any(k => k.StartsWith("decoder.up_blocks.", StringComparison.Ordinal) || k.StartsWith("encoder.down_blocks.", StringComparison.Ordinal)
                       || k.StartsWith("post_quant_conv.", StringComparison.Ordinal) || k.StartsWith("quant_conv.", StringComparison.Ordinal));
 
-    /// <summary>Whole state dict BFL -> diffusers (attention weights reshaped to Linear). The tensors are new views.</summary>
+    /// <summary>
+    /// A diffusers-layout source seen with BFL keys and shapes (attention weights as <c>[C, C, 1, 1]</c>), for
+    /// <see cref="StateDict.Load"/>. Reads through to <paramref name="diffusers"/>, which it does not dispose.
+    /// </summary>
+    public static ITensorSource AsBfl(ITensorSource diffusers, int numLevels) => new RenamedSource(diffusers, numLevels);
+
+    /// <summary>Whole state dict BFL -> diffusers (attention weights as Linear <c>[C, C]</c>). The tensors are new views.</summary>
     public static Dictionary<string, Tensor> ToDiffusers(IEnumerable<KeyValuePair<string, Tensor>> bfl, int numLevels) =>
         bfl.ToDictionary(kv => ToDiffusers(kv.Key, numLevels), kv => ToDiffusersTensor(kv.Key, kv.Value));
 
-    /// <summary>Whole state dict diffusers -> BFL (attention weights reshaped to 1x1 convs). The tensors are new views.</summary>
+    /// <summary>Whole state dict diffusers -> BFL (attention weights as 1x1 convs). The tensors are new views.</summary>
     public static Dictionary<string, Tensor> ToBfl(IEnumerable<KeyValuePair<string, Tensor>> diffusers, int numLevels) =>
         diffusers.Select(kv => (Key: ToBfl(kv.Key, numLevels), kv.Value)).ToDictionary(e => e.Key, e => ToBflTensor(e.Key, e.Value));
 
@@ -66,7 +73,7 @@ public static class AutoEncoderKeyMap
     public static Tensor ToBflTensor(string bflKey, Tensor t) =>
         IsAttentionWeight(bflKey) && t.dim() == 2 ? t.view(t.shape[0], t.shape[1], 1, 1) : t.alias();
 
-    static bool IsAttentionWeight(string bflKey) => Regex.IsMatch(bflKey, @"\.mid\.attn_1\.(q|k|v|proj_out)\.weight$");
+    internal static bool IsAttentionWeight(string bflKey) => Regex.IsMatch(bflKey, @"\.mid\.attn_1\.(q|k|v|proj_out)\.weight$");
 
     static string Map(string key, int numLevels, bool toDiffusers)
     {
@@ -87,4 +94,44 @@ public static class AutoEncoderKeyMap
     static Regex Compile(string template) =>
         new("^" + Regex.Escape(template).Replace(@"\{m}", "(?<m>encoder|decoder)").Replace(@"\{i}", @"(?<i>\d+)")
             .Replace(@"\{r}", @"(?<r>\d+)").Replace(@"\{j}", @"(?<j>\d+)") + "(?<rest>.*)$", RegexOptions.CultureInvariant);
+}
+
+/// <summary>A diffusers VAE checkpoint presented under BFL names and shapes.</summary>
+file sealed class RenamedSource : ITensorSource
+{
+    readonly ITensorSource inner;
+    readonly Dictionary<string, (TensorEntry Entry, string InnerName)> byName = new(StringComparer.Ordinal);
+
+    public RenamedSource(ITensorSource inner, int numLevels)
+    {
+        this.inner = inner;
+        foreach (var e in inner.Entries)
+        {
+            string key = AutoEncoderKeyMap.ToBfl(e.Name, numLevels);
+            long[] shape = AutoEncoderKeyMap.IsAttentionWeight(key) && e.Shape.Length == 2 ? [e.Shape[0], e.Shape[1], 1, 1] : e.Shape;
+            if (!byName.TryAdd(key, (e with { Name = key, Shape = shape }, e.Name)))
+                throw new InvalidDataException($"checkpoint keys '{byName[key].InnerName}' and '{e.Name}' both map to '{key}'");
+        }
+        Entries = byName.Values.Select(v => v.Entry).ToList();
+    }
+
+    public IReadOnlyList<TensorEntry> Entries { get; }
+
+    public bool TryGetEntry(string name, out TensorEntry entry)
+    {
+        bool found = byName.TryGetValue(name, out var v);
+        entry = v.Entry;
+        return found;
+    }
+
+    public Tensor Load(string name, ScalarType? dtype = null, Device? device = null)
+    {
+        var (entry, innerName) = byName[name];
+        using var t = inner.Load(innerName, dtype, device);
+        return t.view(entry.Shape);
+    }
+
+    public Tensor LoadRaw(string name) => inner.LoadRaw(byName[name].InnerName);
+
+    public void Dispose() { }
 }

@@ -147,58 +147,16 @@ public sealed class Flux2Autoencoder : Module
     }
 
     /// <summary>
-    /// Loads a checkpoint file (or sharded source) in BFL or diffusers layout (detected from the keys; diffusers keys
-    /// go through <see cref="AutoEncoderKeyMap"/>), one tensor at a time. See the other overload for the rules.
+    /// Loads a checkpoint (a safetensors file, a sharded source) in BFL or diffusers layout, detected from the keys;
+    /// diffusers keys are read through <see cref="AutoEncoderKeyMap.AsBfl"/>. Values are converted to each target's
+    /// dtype. strict: any missing, unexpected or mis-shaped key throws (see <see cref="StateDict.Load"/>).
+    /// A subset (only <c>decoder.*</c> and <c>bn.*</c>) loads with <paramref name="strict"/> false.
     /// </summary>
-    public (IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected) LoadWeights(ITensorSource source, bool strict = true)
+    public LoadReport LoadWeights(ITensorSource source, bool strict = true)
     {
-        bool diffusers = AutoEncoderKeyMap.IsDiffusersLayout(source.Entries.Select(e => e.Name));
-        IEnumerable<KeyValuePair<string, Tensor>> Read()
-        {
-            foreach (var e in source.Entries)
-            {
-                using var t = source.Load(e.Name);
-                string key = diffusers ? AutoEncoderKeyMap.ToBfl(e.Name, Config.NumLevels) : e.Name;
-                using var v = diffusers ? AutoEncoderKeyMap.ToBflTensor(key, t) : t.alias();
-                yield return new(key, v);
-            }
-        }
-        return LoadBfl(Read(), strict);
-    }
-
-    /// <summary>
-    /// Copies named tensors (BFL or diffusers keys, detected) into the parameters and buffers, converting each to the
-    /// target's dtype and device. Shapes must match. With <paramref name="strict"/>, every key must be known and every
-    /// parameter and buffer present; otherwise the missing and unexpected keys are only reported.
-    /// </summary>
-    public (IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected) LoadWeights(IEnumerable<KeyValuePair<string, Tensor>> source, bool strict = true)
-    {
-        var pairs = source.ToList();
-        if (!AutoEncoderKeyMap.IsDiffusersLayout(pairs.Select(p => p.Key))) return LoadBfl(pairs, strict);
-        var bfl = AutoEncoderKeyMap.ToBfl(pairs, Config.NumLevels);
-        try { return LoadBfl(bfl, strict); }
-        finally { foreach (var t in bfl.Values) t.Dispose(); }
-    }
-
-    (IReadOnlyList<string> Missing, IReadOnlyList<string> Unexpected) LoadBfl(IEnumerable<KeyValuePair<string, Tensor>> source, bool strict)
-    {
-        var targets = state_dict();
-        var seen = new HashSet<string>(StringComparer.Ordinal);
-        var unexpected = new List<string>();
-        using var _ = no_grad();
-        foreach (var (name, value) in source)
-        {
-            if (!targets.TryGetValue(name, out var target)) { unexpected.Add(name); continue; }
-            if (!target.shape.SequenceEqual(value.shape))
-                throw new ArgumentException($"weight '{name}': shape [{string.Join(", ", value.shape)}] does not match the model's [{string.Join(", ", target.shape)}]");
-            target.copy_(value);
-            seen.Add(name);
-        }
-        var missing = targets.Keys.Where(k => !seen.Contains(k)).ToList();
-        if (strict && (missing.Count > 0 || unexpected.Count > 0))
-            throw new ArgumentException($"autoencoder weights do not match the model: missing [{string.Join(", ", missing.Take(10))}{(missing.Count > 10 ? ", ..." : "")}], " +
-                $"unexpected [{string.Join(", ", unexpected.Take(10))}{(unexpected.Count > 10 ? ", ..." : "")}]");
-        return (missing, unexpected);
+        if (!AutoEncoderKeyMap.IsDiffusersLayout(source.Entries.Select(e => e.Name))) return StateDict.Load(this, source, strict);
+        using var bfl = AutoEncoderKeyMap.AsBfl(source, Config.NumLevels);
+        return StateDict.Load(this, bfl, strict);
     }
 
     void CheckImage(Tensor image, string name, int multiple)
