@@ -83,10 +83,20 @@ internal static class TiledDecoding
             var parts = Enumerable.Range(0, (int)b).Select(i => Decode(ae, z.narrow(0, i, 1), o)).ToArray();
             return cat(parts, 0).MoveToOuterDisposeScope();
         }
-        int tile = Math.Max(2 * o.TileOverlap + 1, (int)Math.Max(h, w));
-        while (tile > 2 * o.TileOverlap + 1 && AutoEncoderMemory.EstimateDecodeBytes(c, 1, Math.Min(h, tile), Math.Min(w, tile), elementSize) > o.MemoryBudgetBytes)
-            tile = Math.Max(2 * o.TileOverlap + 1, tile * 7 / 8);
-        return Tiled(ae, z, tile, o.TileOverlap);
+        return Tiled(ae, z, TileFor(c, 1, h, w, elementSize, o), o.TileOverlap);
+    }
+
+    /// <summary>
+    /// The largest square tile (latent pixels) whose estimate fits the budget: the whole latent if it fits, else
+    /// shrinking by 1/8 down to the smallest useful tile, 2*overlap+1 (used even when that does not fit).
+    /// </summary>
+    internal static int TileFor(AutoEncoderConfig c, long batch, long h, long w, int elementSize, VaeDecodeOptions o)
+    {
+        int min = 2 * o.TileOverlap + 1;
+        int tile = Math.Max(min, (int)Math.Max(h, w));
+        while (tile > min && AutoEncoderMemory.EstimateDecodeBytes(c, batch, Math.Min(h, tile), Math.Min(w, tile), elementSize) > o.MemoryBudgetBytes)
+            tile = Math.Max(min, tile * 7 / 8);
+        return tile;
     }
 
     /// <summary>Decodes overlapping <paramref name="tile"/>-sized latent tiles and cross-fades them into one image.</summary>
