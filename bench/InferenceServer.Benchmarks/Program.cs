@@ -7,6 +7,7 @@ using InferenceServer.Models.Runtime;
 // Benchmarks run in this process (in-process toolchain): libtorch is loaded and patched once here, and the
 // benchmark classes run on the same native runtime the server uses. Select with --filter, e.g. --filter '*Safetensors*'.
 TorchRuntime.EnsureInitialized();
+if (args is ["vae-memory", .. var probeArgs]) { InferenceServer.Benchmarks.VaeMemoryProbe.Run(probeArgs); return; }
 var config = DefaultConfig.Instance
     .AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance))
     .WithOptions(ConfigOptions.DisableOptimizationsValidator);

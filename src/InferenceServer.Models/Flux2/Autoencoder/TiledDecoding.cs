@@ -63,6 +63,19 @@ public static class AutoEncoderMemory
         Stage(2 * cIn + c.OutCh + cIn + c.OutCh, px);                        // norm_out, conv_out
         return (long)(peak * batch * elementSize);
     }
+
+    /// <summary>
+    /// The largest square tile (latent pixels) whose estimate fits the budget: the whole latent if it fits, else
+    /// shrinking by 1/8 down to the smallest useful tile, 2*overlap+1 (used even when that does not fit).
+    /// </summary>
+    public static int ChooseTile(AutoEncoderConfig c, long batch, long h, long w, int elementSize, VaeDecodeOptions o)
+    {
+        int min = 2 * o.TileOverlap + 1;
+        int tile = Math.Max(min, (int)Math.Max(h, w));
+        while (tile > min && AutoEncoderMemory.EstimateDecodeBytes(c, batch, Math.Min(h, tile), Math.Min(w, tile), elementSize) > o.MemoryBudgetBytes)
+            tile = Math.Max(min, tile * 7 / 8);
+        return tile;
+    }
 }
 
 /// <summary>Whole, per-sample or tiled decoding of a latent under a memory budget.</summary>
@@ -83,20 +96,7 @@ internal static class TiledDecoding
             var parts = Enumerable.Range(0, (int)b).Select(i => Decode(ae, z.narrow(0, i, 1), o)).ToArray();
             return cat(parts, 0).MoveToOuterDisposeScope();
         }
-        return Tiled(ae, z, TileFor(c, 1, h, w, elementSize, o), o.TileOverlap);
-    }
-
-    /// <summary>
-    /// The largest square tile (latent pixels) whose estimate fits the budget: the whole latent if it fits, else
-    /// shrinking by 1/8 down to the smallest useful tile, 2*overlap+1 (used even when that does not fit).
-    /// </summary>
-    internal static int TileFor(AutoEncoderConfig c, long batch, long h, long w, int elementSize, VaeDecodeOptions o)
-    {
-        int min = 2 * o.TileOverlap + 1;
-        int tile = Math.Max(min, (int)Math.Max(h, w));
-        while (tile > min && AutoEncoderMemory.EstimateDecodeBytes(c, batch, Math.Min(h, tile), Math.Min(w, tile), elementSize) > o.MemoryBudgetBytes)
-            tile = Math.Max(min, tile * 7 / 8);
-        return tile;
+        return Tiled(ae, z, AutoEncoderMemory.ChooseTile(c, 1, h, w, elementSize, o), o.TileOverlap);
     }
 
     /// <summary>Decodes overlapping <paramref name="tile"/>-sized latent tiles and cross-fades them into one image.</summary>
@@ -105,16 +105,17 @@ internal static class TiledDecoding
         if (tile <= overlap) throw new ArgumentException($"tile size {tile} must exceed the overlap {overlap}");
         int f = ae.Config.DownFactor;
         long b = z.shape[0], h = z.shape[2], w = z.shape[3];
+        var device = ae.Device;
         using var scope = NewDisposeScope();
-        var sum = zeros([b, ae.Config.OutCh, h * f, w * f], ScalarType.Float32, z.device); // [B, 3, H, W]
-        var weight = zeros([1, 1, h * f, w * f], ScalarType.Float32, z.device);             // [1, 1, H, W]
+        var sum = zeros([b, ae.Config.OutCh, h * f, w * f], ScalarType.Float32, device); // [B, 3, H, W]
+        var weight = zeros([1, 1, h * f, w * f], ScalarType.Float32, device);             // [1, 1, H, W]
         foreach (var (top, th) in Spans(h, tile, overlap))
         foreach (var (left, tw) in Spans(w, tile, overlap))
         {
             using var inner = NewDisposeScope();
             var part = ae.DecodeWhole(z.narrow(2, top, th).narrow(3, left, tw)); // [B, 3, th*f, tw*f]
-            var wy = Ramp(th * f, top > 0, top + th < h, overlap * f, z.device).view(-1, 1);
-            var wx = Ramp(tw * f, left > 0, left + tw < w, overlap * f, z.device).view(1, -1);
+            var wy = Ramp(th * f, top > 0, top + th < h, overlap * f, device).view(-1, 1);
+            var wx = Ramp(tw * f, left > 0, left + tw < w, overlap * f, device).view(1, -1);
             var wt = wy * wx;                                                // [th*f, tw*f]
             sum.narrow(2, top * f, th * f).narrow(3, left * f, tw * f).add_(part.mul_(wt));
             weight.narrow(2, top * f, th * f).narrow(3, left * f, tw * f).add_(wt);

@@ -72,7 +72,7 @@ public class TiledDecodeTests(ITestOutputHelper output)
         {
             long z = side / c.DownFactor;
             long fp32 = AutoEncoderMemory.EstimateDecodeBytes(c, 1, z, z, 4), bf16 = AutoEncoderMemory.EstimateDecodeBytes(c, 1, z, z, 2);
-            int tile = TiledDecoding.TileFor(c, 1, z, z, 4, VaeDecodeOptions.Default);
+            int tile = AutoEncoderMemory.ChooseTile(c, 1, z, z, 4, VaeDecodeOptions.Default);
             long tiled = AutoEncoderMemory.EstimateDecodeBytes(c, 1, Math.Min(z, tile), Math.Min(z, tile), 4);
             output.WriteLine($"{side}x{side}: whole fp32 {fp32 / (double)(1L << 30):F2} GiB, bf16 {bf16 / (double)(1L << 30):F2} GiB; default budget -> tile {tile} latent px, {tiled / (double)(1L << 30):F2} GiB");
             Assert.True(tiled <= VaeDecodeOptions.Default.MemoryBudgetBytes);
