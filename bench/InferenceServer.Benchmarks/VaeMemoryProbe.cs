@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using TorchSharp;
 using InferenceServer.Models.Flux2.Autoencoder;
 using static TorchSharp.torch;
 
