@@ -9,6 +9,6 @@ using InferenceServer.Models.Runtime;
 TorchRuntime.EnsureInitialized();
 if (args is ["vae-memory", .. var probeArgs]) { InferenceServer.Benchmarks.VaeMemoryProbe.Run(probeArgs); return; }
 var config = DefaultConfig.Instance
-    .AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance))
+    .AddJob(Job.Default.WithToolchain(new InProcessEmitToolchain(TimeSpan.FromMinutes(30), logOutput: true))) // a CPU VAE decode takes ~1 min
     .WithOptions(ConfigOptions.DisableOptimizationsValidator);
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);
