@@ -8,6 +8,7 @@ using InferenceServer.Models.Runtime;
 // benchmark classes run on the same native runtime the server uses. Select with --filter, e.g. --filter '*Safetensors*'.
 TorchRuntime.EnsureInitialized();
 if (args is ["profile", ..]) { InferenceServer.Benchmarks.Flux2StepProfile.Run(args); return; }
+if (args is ["vae-memory", .. var probeArgs]) { InferenceServer.Benchmarks.VaeMemoryProbe.Run(probeArgs); return; }
 var config = DefaultConfig.Instance
     .AddJob(Job.Default.WithToolchain(new InProcessEmitToolchain(TimeSpan.FromHours(2), logOutput: true))) // a full-size DiT step takes minutes
     .WithOptions(ConfigOptions.DisableOptimizationsValidator);

@@ -1,0 +1,114 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace InferenceServer.Models.Flux2.Autoencoder;
+
+/// <summary>
+/// BFL <c>Encoder</c>: conv_in, <c>down.i</c> levels (ResNet blocks, Downsample except at the last level), mid block,
+/// norm_out, swish, conv_out and <c>quant_conv</c>. Output: the Gaussian moments <c>[B, 2*z_channels, H/8, W/8]</c>
+/// (mean first, then log-variance).
+/// </summary>
+public sealed class Encoder : Module<Tensor, Tensor>
+{
+    readonly Conv2d quant_conv;
+    readonly Conv2d conv_in;
+    readonly ModuleList<Level> down;
+    readonly MidBlock mid;
+    readonly GroupNorm norm_out;
+    readonly Conv2d conv_out;
+
+    /// <summary>Builds the encoder of <paramref name="c"/> (random weights until loaded).</summary>
+    public Encoder(AutoEncoderConfig c) : base(nameof(Encoder))
+    {
+        quant_conv = Conv2d(2 * c.ZChannels, 2 * c.ZChannels, kernel_size: 1);
+        conv_in = Conv2d(c.InChannels, c.Ch, kernel_size: 3, stride: 1, padding: 1);
+        down = new ModuleList<Level>();
+        long blockIn = c.Ch;
+        for (int level = 0; level < c.NumLevels; level++)
+        {
+            long blockOut = (long)c.Ch * c.ChMult[level];
+            var blocks = new List<ResnetBlock>();
+            for (int j = 0; j < c.NumResBlocks; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut, c)); blockIn = blockOut; }
+            down.Add(new Level(blocks, level != c.NumLevels - 1 ? new Downsample(blockIn) : null, null));
+        }
+        mid = new MidBlock(blockIn, c);
+        norm_out = GroupNorm(c.GroupNormGroups, blockIn, c.GroupNormEps, affine: true);
+        conv_out = Conv2d(blockIn, 2 * c.ZChannels, kernel_size: 3, stride: 1, padding: 1);
+        RegisterComponents();
+    }
+
+    /// <summary><c>[B, in_channels, H, W]</c> -> moments <c>[B, 2*z_channels, H/8, W/8]</c>.</summary>
+    public override Tensor forward(Tensor x)
+    {
+        var h = conv_in.forward(x);                                          // [B, ch, H, W]
+        foreach (var level in down)
+        {
+            foreach (var block in level.block) h = Replace(h, block.forward(h));
+            if (level.downsample is not null) h = Replace(h, level.downsample.forward(h)); // [B, C, H/2, W/2]
+        }
+        h = Replace(h, mid.forward(h));                                      // [B, C_last, H/8, W/8]
+        h = Replace(h, norm_out.forward(h).silu_());
+        h = Replace(h, conv_out.forward(h));                                 // [B, 2z, H/8, W/8]
+        return Replace(h, quant_conv.forward(h));                            // [B, 2z, H/8, W/8]
+    }
+
+    /// <summary>Frees the previous activation once the next one exists.</summary>
+    internal static Tensor Replace(Tensor previous, Tensor next)
+    {
+        previous.Dispose();
+        return next;
+    }
+}
+
+/// <summary>
+/// BFL <c>Decoder</c>: <c>post_quant_conv</c>, conv_in, mid block, <c>up.i</c> levels run from the lowest resolution
+/// (<c>up.{L-1}</c>) to <c>up.0</c> with num_res_blocks+1 ResNet blocks each and an Upsample except at level 0,
+/// norm_out, swish, conv_out. <c>[B, z_channels, h, w]</c> -> <c>[B, out_ch, 8h, 8w]</c>.
+/// </summary>
+public sealed class Decoder : Module<Tensor, Tensor>
+{
+    readonly Conv2d post_quant_conv;
+    readonly Conv2d conv_in;
+    readonly MidBlock mid;
+    readonly ModuleList<Level> up;
+    readonly GroupNorm norm_out;
+    readonly Conv2d conv_out;
+
+    /// <summary>Builds the decoder of <paramref name="c"/> (random weights until loaded).</summary>
+    public Decoder(AutoEncoderConfig c) : base(nameof(Decoder))
+    {
+        post_quant_conv = Conv2d(c.ZChannels, c.ZChannels, kernel_size: 1);
+        long blockIn = (long)c.Ch * c.ChMult[^1];
+        conv_in = Conv2d(c.ZChannels, blockIn, kernel_size: 3, stride: 1, padding: 1);
+        mid = new MidBlock(blockIn, c);
+        var levels = new Level[c.NumLevels];
+        for (int level = c.NumLevels - 1; level >= 0; level--)
+        {
+            long blockOut = (long)c.Ch * c.ChMult[level];
+            var blocks = new List<ResnetBlock>();
+            for (int j = 0; j < c.NumResBlocks + 1; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut, c)); blockIn = blockOut; }
+            levels[level] = new Level(blocks, null, level != 0 ? new Upsample(blockIn) : null);
+        }
+        up = new ModuleList<Level>(levels);
+        norm_out = GroupNorm(c.GroupNormGroups, blockIn, c.GroupNormEps, affine: true);
+        conv_out = Conv2d(blockIn, c.OutCh, kernel_size: 3, stride: 1, padding: 1);
+        RegisterComponents();
+    }
+
+    /// <summary>Latent <c>[B, z_channels, h, w]</c> -> image <c>[B, out_ch, 8h, 8w]</c> (not clamped).</summary>
+    public override Tensor forward(Tensor z)
+    {
+        var h = post_quant_conv.forward(z);                                  // [B, z, h, w]
+        h = Encoder.Replace(h, conv_in.forward(h));                          // [B, C_last, h, w]
+        h = Encoder.Replace(h, mid.forward(h));
+        for (int level = up.Count - 1; level >= 0; level--)
+        {
+            foreach (var block in up[level].block) h = Encoder.Replace(h, block.forward(h));
+            if (up[level].upsample is { } upsample) h = Encoder.Replace(h, upsample.forward(h)); // [B, C, 2h, 2w]
+        }
+        h = Encoder.Replace(h, norm_out.forward(h).silu_());                 // [B, ch, 8h, 8w]
+        return Encoder.Replace(h, conv_out.forward(h));                      // [B, out_ch, 8h, 8w]
+    }
+}
