@@ -1,8 +1,10 @@
+using InferenceServer.Tests.Shared;
 using InferenceServer.Models.Weights;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Models.Tests.Weights;
 
+[Collection(RunAlone.Name)]
 public class SparseFileTests
 {
     internal static long RssBytes()
@@ -51,6 +53,7 @@ public class SparseFileTests
     }
 }
 
+[Collection(RunAlone.Name)]
 public class StreamingWriteMemoryTests
 {
     [Fact]

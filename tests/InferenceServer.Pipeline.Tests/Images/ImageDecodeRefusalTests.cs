@@ -1,9 +1,11 @@
+using InferenceServer.Tests.Shared;
 using InferenceServer.Pipeline.Images;
 using NetVips;
 
 namespace InferenceServer.Pipeline.Tests.Images;
 
 /// <summary>Bad inputs: each is one <see cref="ImageDecodeException"/> with the right reason and an actionable message.</summary>
+[Collection(RunAlone.Name)]
 public class ImageDecodeRefusalTests
 {
     readonly ImageCodec codec = new();

@@ -1,13 +1,12 @@
+using InferenceServer.Tests.Shared;
 using InferenceServer.Models.Flux2.Autoencoder;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Models.Tests.Flux2.Autoencoder;
 
-[CollectionDefinition(nameof(TensorCountCollection), DisableParallelization = true)]
-public sealed class TensorCountCollection;
 
 /// <summary>Encode and decode leave no tensor behind but their results (the process-wide live-tensor count returns).</summary>
-[Collection(nameof(TensorCountCollection))]
+[Collection(RunAlone.Name)]
 public class TensorLeakTests
 {
     [Fact]
