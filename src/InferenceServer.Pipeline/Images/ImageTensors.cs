@@ -30,18 +30,16 @@ public static class ImageTensors
     static readonly float[] UnitRange = [.. Enumerable.Range(0, 256).Select(v => 2f * (v / 255f) - 1f)];
 
     /// <summary>
-    /// The float -> u8 step of the reference's decode (BFL cli.py): clamp to [-1, 1], then <c>(127.5 * (x + 1)).byte()</c>,
-    /// which truncates. Takes <c>[3, H, W]</c> or <c>[1, 3, H, W]</c> (any float dtype, any device); returns u8 <c>[H, W, 3]</c> on the CPU.
+    /// The float -> u8 step of the reference's decode (<see cref="Pixels.ToU8"/>: clamp, then <c>(127.5 * (x + 1)).byte()</c>)
+    /// for one image. Takes <c>[3, H, W]</c> or <c>[1, 3, H, W]</c> (any float dtype, any device); returns u8 <c>[H, W, 3]</c> on the CPU.
     /// </summary>
     public static Tensor ToUInt8Hwc(Tensor image)
     {
-        using var scope = NewDisposeScope();
-        var chw = image.dim() == 4 && image.shape[0] == 1 ? image.squeeze(0) : image;
-        if (chw.dim() != 3 || chw.shape[0] != 3)
+        if (!(image.dim() == 3 && image.shape[0] == 3) && !(image.dim() == 4 && image.shape[0] == 1 && image.shape[1] == 3))
             throw new ArgumentException($"expected [3, H, W] or [1, 3, H, W], got [{string.Join(", ", image.shape)}]", nameof(image));
-        var x = chw.to(ScalarType.Float32).clamp(-1f, 1f);                       // [3, H, W]
-        var u8 = x.add(1f).mul(127.5f).to(ScalarType.Byte);                      // [3, H, W], truncated
-        return u8.permute(1, 2, 0).contiguous().cpu().MoveToOuterDisposeScope(); // [H, W, 3]
+        using var scope = NewDisposeScope();
+        var batch = image.dim() == 3 ? image.unsqueeze(0) : image;               // [1, 3, H, W]
+        return Pixels.ToU8(batch)[0].cpu().MoveToOuterDisposeScope();            // [H, W, 3]
     }
 
     /// <summary>A <c>[3, H, W]</c> / <c>[1, 3, H, W]</c> tensor in [-1, 1] as an image, through <see cref="ToUInt8Hwc"/>.</summary>
