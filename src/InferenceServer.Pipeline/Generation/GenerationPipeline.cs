@@ -153,9 +153,7 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                 Stage($"denoise[{image}].step{d.Index}");
                 onStep?.Invoke(new GenerationStep(image, d.Index, d.Count, d.TCurr, d.Latents));
             };
-            var final = card.Sampling.Distilled
-                ? FlowSampler.Denoise(Model.Transformer, noise, imgIds, ctx, ctxIds, schedule, (float)(guidance ?? 1.0), refTokens, refIds, step, cancellationToken)
-                : FlowSampler.DenoiseCfg(Model.Transformer, noise, imgIds, ctx, ctxIds, schedule, (float)guidance!, refTokens, refIds, step, cancellationToken);
+            var final = Sample(Model.Transformer, card.Sampling.Distilled, noise, imgIds, ctx, ctxIds, schedule, guidance, refTokens, refIds, step, cancellationToken);
             var grid = Flux2Packing.Unpack(final, imgIds);                      // [1, 128, h, w]
             var decoded = Model.Vae.Decode(grid);                               // [1, 3, H, W]
             Stage($"decode[{i}]");
@@ -165,6 +163,17 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
         }
         return new GenerationResult(outputs, width, height, seed, steps, guidance, images.Count, hit, timings);
     }
+
+    /// <summary>
+    /// The sampling core <see cref="Generate"/> runs for each image, open to researchers and parity tests: distilled models take
+    /// one call per step (guidance embedded when the model has it), others classifier-free guidance over
+    /// <paramref name="ctx"/> = [uncond; cond]. Returns [1, L_img, 128] float32 tokens (caller owns).
+    /// </summary>
+    public static Tensor Sample(Flux2Transformer transformer, bool distilled, Tensor noise, Tensor imgIds, Tensor ctx, Tensor ctxIds,
+        IReadOnlyList<float> schedule, double? guidance, Tensor? refTokens, Tensor? refIds, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default) =>
+        distilled
+            ? FlowSampler.Denoise(transformer, noise, imgIds, ctx, ctxIds, schedule, (float)(guidance ?? 1.0), refTokens, refIds, onStep, cancellationToken)
+            : FlowSampler.DenoiseCfg(transformer, noise, imgIds, ctx, ctxIds, schedule, (float)(guidance ?? 1.0), refTokens, refIds, onStep, cancellationToken);
 
     /// <summary>The prompt's stacked Qwen3 hidden states, [1, L, context dim] in the encoder's dtype (caller owns).</summary>
     public Tensor EncodePrompt(string prompt)
