@@ -34,9 +34,10 @@ internal static class GenerateCommand
         var quality = new Option<int?>("--quality") { Description = "0-100" };
         var dtype = new Option<string>("--dtype") { Description = "Compute dtype of the weights", DefaultValueFactory = _ => "bf16" };
         dtype.AcceptOnlyFromAmong("bf16", "fp32");
+        var repeat = new Option<int>("--repeat") { Description = "Run the request this many times in one process (timings of each; repeats hit the prompt cache)", DefaultValueFactory = _ => 1 };
         var outFile = new Option<string>("--out") { Description = "Output file (n > 1: FILE-0.ext, FILE-1.ext, ...)", Required = true };
         var command = new Command(name, edit ? "Edit: generate from a prompt and one or more reference images" : "Generate images from a prompt (and optional reference images)")
-            { model, prompt, image, size, aspect, resolution, n, seed, steps, guidance, format, quality, dtype, outFile };
+            { model, prompt, image, size, aspect, resolution, n, seed, steps, guidance, format, quality, dtype, repeat, outFile };
         command.SetAction(r =>
         {
             var err = r.InvocationConfiguration.Error;
@@ -58,7 +59,7 @@ internal static class GenerateCommand
                     Format = fmt,
                     Quality = r.GetValue(quality),
                 };
-                return Run(r.GetValue(model)!, request, r.GetValue(dtype) == "fp32" ? ScalarType.Float32 : ScalarType.BFloat16, r.GetValue(outFile)!);
+                return Run(r.GetValue(model)!, request, r.GetValue(dtype) == "fp32" ? ScalarType.Float32 : ScalarType.BFloat16, r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
             }
             catch (Exception e) when (e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or ImageDecodeException)
             {
@@ -73,7 +74,7 @@ internal static class GenerateCommand
     internal static string OutputPath(string file, int i, int n) =>
         n == 1 ? file : Path.Combine(Path.GetDirectoryName(file) ?? "", $"{Path.GetFileNameWithoutExtension(file)}-{i}{Path.GetExtension(file)}");
 
-    static int Run(string modelDir, GenerationRequest request, ScalarType dtype, string outFile)
+    static int Run(string modelDir, GenerationRequest request, ScalarType dtype, string outFile, int repeat)
     {
         TorchRuntime.EnsureInitialized();
         var load = System.Diagnostics.Stopwatch.StartNew();
@@ -81,6 +82,16 @@ internal static class GenerateCommand
         foreach (var line in model.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));
         AnsiConsole.MarkupLine($"loaded in {load.Elapsed.TotalSeconds:F1} s");
         using var pipeline = new GenerationPipeline(model);
+        for (int run = 0; run < repeat; run++)
+        {
+            if (repeat > 1) AnsiConsole.MarkupLine($"[bold]run {run + 1} of {repeat}[/]");
+            Once(pipeline, request, outFile);
+        }
+        return 0;
+    }
+
+    static void Once(GenerationPipeline pipeline, GenerationRequest request, string outFile)
+    {
         GenerationResult? result = null;
         AnsiConsole.Progress()
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
@@ -107,6 +118,5 @@ internal static class GenerateCommand
         table.AddRow("[bold]total[/]", res.Timings.Sum(t => t.Milliseconds).ToString("F1", CultureInfo.InvariantCulture));
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"size {res.Width}x{res.Height}, seed {res.Seed}, steps {res.Steps}, references {res.References}, prompt cache {(res.PromptCacheHit ? "hit" : "miss")}");
-        return 0;
     }
 }
