@@ -175,6 +175,22 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
     }
 
     [Fact]
+    public void Reference_latents_are_cached_by_content_and_cap()
+    {
+        using var p = new GenerationPipeline(folders.BflModel);
+        var img = Png(96, 64, 9);
+        var first = p.Generate(Request(steps: 1, refs: [img]));
+        long held = p.ReferenceCacheBytes;
+        Assert.Equal(128L * 4 * 6 * 4, held);                       // one [128, 4, 6] float32 latent
+        var again = p.Generate(Request(steps: 1, refs: [img]));
+        Assert.Equal(held, p.ReferenceCacheBytes);                   // a hit adds nothing
+        Assert.Equal(first.Images[0].Image.Bytes, again.Images[0].Image.Bytes);
+        p.Generate(Request(steps: 1, refs: [img, Png(64, 64, 1)])); // several references: another cap, another key
+        Assert.Equal(held * 2 + 128L * 4 * 4 * 4, p.ReferenceCacheBytes);
+        output.WriteLine($"reference encode: miss {first.Milliseconds("reference_encode"):F1} ms, hit {again.Milliseconds("reference_encode"):F1} ms");
+    }
+
+    [Fact]
     public void Fixture_edit_case_runs_through_the_pipeline_sampling_core()
     {
         int ran = 0;
