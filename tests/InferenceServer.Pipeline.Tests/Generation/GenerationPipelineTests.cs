@@ -218,6 +218,7 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
         GC.Collect(); GC.WaitForPendingFinalizers(); GC.Collect();
         long managed0 = GC.GetTotalMemory(true);
         long rss0 = Process.GetCurrentProcess().WorkingSet64;
+        long tensors0 = Tensor.TotalCount;
         var sw = Stopwatch.StartNew();
         for (int i = 0; i < 200; i++) p.Generate(req with { Seed = i });
         GC.Collect(); GC.WaitForPendingFinalizers(); GC.Collect();
@@ -226,6 +227,10 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
         output.WriteLine($"200 generations in {sw.Elapsed.TotalSeconds:F1} s; managed {managed0 >> 10} -> {managed1 >> 10} KiB; RSS {rss0 >> 20} -> {rss1 >> 20} MiB");
         Assert.True(managed1 - managed0 < 8 << 20, $"managed memory grew by {(managed1 - managed0) >> 10} KiB");
         Assert.True(rss1 - rss0 < 64 << 20, $"RSS grew by {(rss1 - rss0) >> 20} MiB");
+        for (int i = 0; i < 200; i++) p.Generate(req with { Seed = i });
+        GC.Collect(); GC.WaitForPendingFinalizers(); GC.Collect();
+        long rss2 = Process.GetCurrentProcess().WorkingSet64;
+        output.WriteLine($"200 more: RSS {rss1 >> 20} -> {rss2 >> 20} MiB; live tensors {tensors0} -> {Tensor.TotalCount}");
     }
 
     static string CopyFolder(string dir)
