@@ -7,6 +7,8 @@ using static TorchSharp.torch;
 
 namespace InferenceServer.Tests.Flux2;
 
+/// <summary>Builds a full-size VAE (336 MB of float32) to read its specs: kept out of the parallel phase so RSS-measuring tests do not see it.</summary>
+[Collection(nameof(InferenceServer.Models.Tests.Flux2.Autoencoder.TensorCountCollection))]
 public class Flux2RandomModelTests
 {
     [Fact]
