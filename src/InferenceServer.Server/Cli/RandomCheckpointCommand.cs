@@ -9,9 +9,9 @@ namespace InferenceServer.Server.Cli;
 
 /// <summary>
 /// <c>inference-server random-checkpoint --preset tiny|klein-4b|klein-9b --layout bfl|diffusers --out DIR [--dtype bf16|fp32] [--seed S]</c>:
-/// writes a random-weight checkpoint of the real shapes (for now the transformer only), streamed tensor by tensor so a
+/// writes a random-weight checkpoint of the real shapes (transformer, VAE, text encoder and tokenizer: a complete model folder), streamed tensor by tensor so a
 /// full-size preset never sits in memory. BFL: <c>DIR/flux-2-klein-4b.safetensors</c>; diffusers: <c>DIR/transformer/</c>
-/// shards + index + config.json.
+/// shards + index + config.json; see Flux2ModelFolder for the whole layout.
 /// </summary>
 internal static class RandomCheckpointCommand
 {
@@ -27,7 +27,7 @@ internal static class RandomCheckpointCommand
         var dtype = new Option<string>("--dtype") { Description = "Stored dtype", DefaultValueFactory = _ => "bf16" };
         dtype.AcceptOnlyFromAmong("bf16", "fp32");
         var seed = new Option<long>("--seed") { Description = "Random seed (each tensor from (seed, key))", DefaultValueFactory = _ => 0 };
-        var command = new Command("random-checkpoint", "Write a random-weight FLUX.2 checkpoint of a preset's real shapes (transformer)") { preset, layout, outDir, dtype, seed };
+        var command = new Command("random-checkpoint", "Write a random-weight FLUX.2 checkpoint of a preset's real shapes (transformer, VAE, text encoder, tokenizer)") { preset, layout, outDir, dtype, seed };
         command.SetAction(r => Run(r.GetValue(preset)!, r.GetValue(layout)!, r.GetValue(outDir)!, r.GetValue(dtype)!, r.GetValue(seed)));
         return command;
     }
@@ -39,19 +39,19 @@ internal static class RandomCheckpointCommand
         var layout = layoutName == "diffusers" ? Flux2Layout.Diffusers : Flux2Layout.Bfl;
         var dtype = dtypeName == "fp32" ? ScalarType.Float32 : ScalarType.BFloat16;
         var specs = Flux2RandomCheckpoint.Specs(card.Transformer, layout, dtype);
-        long total = specs.Sum(s => s.ByteLength);
-        string fileName = card.BflFile ?? Flux2Checkpoint.BflFileName(preset);
-        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(card.Name)}[/] transformer: {specs.Count} tensors, {Flux2Specs.ParameterCount(card.Transformer):N0} parameters, {total / (double)(1L << 30):F2} GiB {dtypeName}, layout {layoutName}, seed {seed}");
-        string written = "";
+        AnsiConsole.MarkupLine($"[bold]{Markup.Escape(card.Name)}[/]: transformer {specs.Count} tensors, {Flux2Specs.ParameterCount(card.Transformer):N0} parameters; VAE {Markup.Escape(card.Vae)}; text encoder {Markup.Escape(card.TextEncoder)}; {dtypeName}, layout {layoutName}, seed {seed}");
         AnsiConsole.Progress()
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
             .Start(ctx =>
             {
-                var task = ctx.AddTask("transformer", maxValue: total);
-                written = Flux2RandomCheckpoint.Write(card.Transformer, layout, outDir, fileName, dtype, seed, new Inline(b => task.Value = b));
-                task.Value = total;
+                var tasks = new Dictionary<string, ProgressTask>();
+                Flux2RandomModel.Write(card, layout, outDir, dtype, seed, (component, done, total) =>
+                {
+                    if (!tasks.TryGetValue(component, out var task)) tasks[component] = task = ctx.AddTask(component, maxValue: Math.Max(1, total));
+                    task.Value = done;
+                });
             });
-        AnsiConsole.MarkupLine($"wrote [green]{Markup.Escape(written)}[/]");
+        AnsiConsole.MarkupLine($"wrote [green]{Markup.Escape(Path.GetFullPath(outDir))}[/] (transformer, VAE, text encoder, tokenizer)");
         return 0;
     }
 

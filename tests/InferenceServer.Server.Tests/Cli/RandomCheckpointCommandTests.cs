@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 
 namespace InferenceServer.Tests.Cli;
 
+[Collection(SpectreConsole.Name)]
 public class RandomCheckpointCommandTests
 {
     [Theory]
@@ -26,6 +27,13 @@ public class RandomCheckpointCommandTests
             using var expected = new Flux2Transformer(ModelCards.Load("flux2-tiny").Transformer, dtype: ScalarType.BFloat16).InitRandom(5);
             foreach (var ((name, a), (_, b)) in model.named_parameters().Zip(expected.named_parameters()))
                 Assert.True(a.eq(b).all().item<bool>(), name);
+
+            // The rest of the folder: VAE, text encoder, tokenizer (and model_index.json for diffusers), all loadable.
+            foreach (var part in layout == "bfl" ? new[] { "ae.safetensors", "text_encoder/model.safetensors", "text_encoder/config.json", "tokenizer/vocab.json" }
+                         : ["model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "tokenizer/merges.txt"])
+                Assert.True(File.Exists(Path.Combine(dir, part)), part);
+            using var all = Flux2ModelFolder.Load(dir, ScalarType.BFloat16);
+            Assert.Equal("flux2-tiny", all.Card.Name);
         }
         finally { Directory.Delete(dir, recursive: true); }
     }

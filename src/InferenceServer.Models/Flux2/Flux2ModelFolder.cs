@@ -1,0 +1,198 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using InferenceServer.Models.Flux2.Autoencoder;
+using InferenceServer.Models.Qwen3;
+using InferenceServer.Models.Text;
+using InferenceServer.Models.Weights;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Models.Flux2;
+
+/// <summary>
+/// A complete FLUX.2 model folder: transformer, autoencoder, Qwen3 text encoder and tokenizer.
+/// <list type="bullet">
+/// <item>BFL layout: <c>flux-2-*.safetensors</c> (transformer, BFL keys), <c>ae.safetensors</c> (BFL AE keys),
+/// <c>text_encoder/</c> (HF Qwen3 keys, config.json, sharded when large), <c>tokenizer/</c>.</item>
+/// <item>diffusers layout: <c>model_index.json</c>, <c>transformer/</c>, <c>vae/</c> (diffusers <c>AutoencoderKLFlux2</c>
+/// keys + config.json), <c>text_encoder/</c>, <c>tokenizer/</c>.</item>
+/// </list>
+/// The model card is chosen by (1) <c>inference-server.json</c>'s <c>"model_card"</c> when the folder has one (the
+/// random writer records it); else (2) the card whose transformer parameter shapes the checkpoint holds exactly
+/// (every card under models/ is tried, in name order; shapes are read from headers, no tensor is loaded).
+/// </summary>
+public static class Flux2ModelFolder
+{
+    /// <summary>The file naming the model card a folder was written for.</summary>
+    public const string MarkerFile = "inference-server.json";
+    /// <summary>BFL's autoencoder file name.</summary>
+    public const string AeFile = "ae.safetensors";
+
+    /// <summary>BFL when the folder has no model_index.json but a top-level transformer file; diffusers when it has model_index.json or transformer/.</summary>
+    public static Flux2Layout DetectLayout(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{dir}: no such model folder");
+        if (File.Exists(Path.Combine(dir, "model_index.json")) || Directory.Exists(Path.Combine(dir, "transformer"))) return Flux2Layout.Diffusers;
+        if (TransformerFiles(dir).Length > 0) return Flux2Layout.Bfl;
+        throw new FileNotFoundException($"{dir}: neither a diffusers folder (model_index.json, transformer/) nor a BFL folder (flux-2-*.safetensors next to {AeFile})");
+    }
+
+    static string[] TransformerFiles(string dir) =>
+        Directory.GetFiles(dir, "*.safetensors").Where(f => Path.GetFileName(f) != AeFile).Order(StringComparer.Ordinal).ToArray();
+
+    /// <summary>Path of the transformer checkpoint (file or folder) in a folder of <paramref name="layout"/>.</summary>
+    public static string TransformerPath(string dir, Flux2Layout layout)
+    {
+        if (layout == Flux2Layout.Diffusers) return Require(Path.Combine(dir, "transformer"), folder: true);
+        var files = TransformerFiles(dir);
+        return files.Length switch
+        {
+            0 => throw new FileNotFoundException($"{dir}: no transformer file (flux-2-*.safetensors)"),
+            1 => files[0],
+            _ => throw new InvalidDataException($"{dir}: several transformer files ({string.Join(", ", files.Select(Path.GetFileName))}); keep one"),
+        };
+    }
+
+    /// <summary>Picks the model card (see the class summary).</summary>
+    public static Flux2ModelCard DetectCard(string dir)
+    {
+        string marker = Path.Combine(dir, MarkerFile);
+        if (File.Exists(marker))
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(marker));
+            if (doc.RootElement.TryGetProperty("model_card", out var name) && name.GetString() is { } n) return ModelCards.Load(n);
+        }
+        var layout = DetectLayout(dir);
+        using var source = Checkpoint.Open(TransformerPath(dir, layout));
+        foreach (var name in ModelCards.Names)
+        {
+            Flux2ModelCard card;
+            try { card = ModelCards.Load(name); } catch (ArgumentException) { continue; }
+            if (Matches(source, card.Transformer)) return card;
+        }
+        throw new InvalidDataException($"{dir}: the transformer's tensor shapes match no model card in {ModelCards.Directory} ({string.Join(", ", ModelCards.Names)}); add {MarkerFile} with {{\"model_card\": NAME}}");
+    }
+
+    static bool Matches(ITensorSource source, Flux2Config config)
+    {
+        var specs = Flux2Specs.Parameters(config);
+        if (Flux2Checkpoint.IsDiffusers(source))
+        {
+            // The diffusers view needs the config; a wrong one fails on shapes, which is the answer.
+            try
+            {
+                var view = Flux2Diffusers.AsBfl(new NonDisposing(source), config);
+                return specs.All(s => view.TryGetEntry(s.Name, out var e) && e.Shape.SequenceEqual(s.Shape)) && view.Entries.Count == specs.Count;
+            }
+            catch (Exception e) when (e is InvalidDataException or ArgumentException or KeyNotFoundException) { return false; }
+        }
+        return source.Entries.Count == specs.Count && specs.All(s => source.TryGetEntry(s.Name, out var e) && e.Shape.SequenceEqual(s.Shape));
+    }
+
+    /// <summary>VAE config of a card's component name (models/vae/NAME.json).</summary>
+    public static AutoEncoderConfig VaeConfig(Flux2ModelCard card) => AutoEncoderConfig.Load(Path.Combine(ModelCards.Directory, "vae", card.Vae + ".json"));
+
+    /// <summary>Text-encoder config of a card's component name (models/text-encoders/NAME.json).</summary>
+    public static Qwen3Config TextEncoderConfig(Flux2ModelCard card) => Qwen3Config.Load(Path.Combine(ModelCards.Directory, "text-encoders", card.TextEncoder + ".json"));
+
+    /// <summary>
+    /// Loads every component in <paramref name="dtype"/> (bfloat16 or float32; the VAE's BatchNorm statistics stay float32).
+    /// Strict: a missing file names the file; a missing, unexpected or mis-shaped tensor names the tensor.
+    /// </summary>
+    public static Flux2Model Load(string dir, ScalarType dtype = ScalarType.BFloat16)
+    {
+        dir = Path.GetFullPath(dir);
+        var layout = DetectLayout(dir);
+        var card = DetectCard(dir);
+        var report = new List<string> { $"folder {dir}: layout {layout.ToString().ToLowerInvariant()}, model card {card.Name}, dtype {dtype}" };
+        string tPath = TransformerPath(dir, layout);
+        string vaePath = layout == Flux2Layout.Bfl ? Require(Path.Combine(dir, AeFile), folder: false) : Require(Path.Combine(dir, "vae"), folder: true);
+        string tePath = Require(Path.Combine(dir, "text_encoder"), folder: true);
+        string tokPath = Require(Path.Combine(dir, "tokenizer"), folder: true);
+
+        Flux2Transformer? transformer = null;
+        Flux2Autoencoder? vae = null;
+        Qwen3TextEncoder? encoder = null;
+        try
+        {
+            transformer = new Flux2Transformer(card.Transformer, dtype: dtype);
+            var r = Named(tPath, () => Flux2Checkpoint.Load(transformer, tPath, strict: true, dtype: dtype));
+            report.Add($"transformer {Rel(dir, tPath)}: {r.Loaded} tensors");
+
+            vae = new Flux2Autoencoder(VaeConfig(card));
+            using (var src = Checkpoint.Open(vaePath))
+            {
+                // diffusers' converter drops bn.num_batches_tracked (unused at inference): the one tensor allowed to be absent.
+                r = vae.LoadWeights(src, strict: false);
+                r = r with { Missing = r.Missing.Where(m => m != "bn.num_batches_tracked").ToList() };
+                r.ThrowIfNotClean(vaePath);
+            }
+            vae.To(dtype);
+            report.Add($"vae {Rel(dir, vaePath)}: {r.Loaded} tensors ({card.Vae})");
+
+            var teConfig = TextEncoderConfig(card);
+            string hfConfig = Path.Combine(tePath, "config.json");
+            if (File.Exists(hfConfig)) teConfig = Qwen3Config.FromHfConfig(hfConfig, teConfig);
+            encoder = Named(tePath, () => Qwen3TextEncoder.Load(tePath, teConfig, dtype));
+            report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {encoder.Depth} layers built");
+
+            var tokenizer = Qwen3Tokenizer.Load(tokPath);
+            report.Add($"tokenizer {Rel(dir, tokPath)}");
+            return new Flux2Model(dir, layout, card, transformer, vae, encoder, tokenizer, dtype, report);
+        }
+        catch
+        {
+            transformer?.Dispose();
+            vae?.Dispose();
+            encoder?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Runs a load, putting <paramref name="path"/> in front of a mismatch message that does not name it.</summary>
+    static T Named<T>(string path, Func<T> load)
+    {
+        try { return load(); }
+        catch (InvalidDataException e) when (!e.Message.Contains(path, StringComparison.Ordinal)) { throw new InvalidDataException($"{path}: {e.Message}", e); }
+    }
+
+    static string Rel(string dir, string path) => Path.GetRelativePath(dir, path);
+
+    static string Require(string path, bool folder)
+    {
+        if (folder ? Directory.Exists(path) : File.Exists(path)) return path;
+        throw new FileNotFoundException($"model folder is missing {(folder ? "the folder" : "the file")} {path}", path);
+    }
+
+    sealed class NonDisposing(ITensorSource inner) : ITensorSource
+    {
+        public IReadOnlyList<TensorEntry> Entries => inner.Entries;
+        public bool TryGetEntry(string name, out TensorEntry entry) => inner.TryGetEntry(name, out entry);
+        public Tensor Load(string name, ScalarType? dtype = null, Device? device = null) => inner.Load(name, dtype, device);
+        public Tensor LoadRaw(string name) => inner.LoadRaw(name);
+        public void Dispose() { }
+    }
+}
+
+/// <summary>A loaded FLUX.2 model: every component, the card it was matched to, and what was loaded.</summary>
+public sealed class Flux2Model(string directory, Flux2Layout layout, Flux2ModelCard card, Flux2Transformer transformer, Flux2Autoencoder vae,
+    Qwen3TextEncoder textEncoder, Qwen3Tokenizer tokenizer, ScalarType dtype, IReadOnlyList<string> report) : IDisposable
+{
+    public string Directory { get; } = directory;
+    public Flux2Layout Layout { get; } = layout;
+    public Flux2ModelCard Card { get; } = card;
+    public Flux2Transformer Transformer { get; } = transformer;
+    public Flux2Autoencoder Vae { get; } = vae;
+    public Qwen3TextEncoder TextEncoder { get; } = textEncoder;
+    public Qwen3Tokenizer Tokenizer { get; } = tokenizer;
+    public ScalarType DType { get; } = dtype;
+    /// <summary>One line per component: what was loaded from where.</summary>
+    public IReadOnlyList<string> LoadReport { get; } = report;
+
+    public void Dispose()
+    {
+        Transformer.Dispose();
+        Vae.Dispose();
+        TextEncoder.Dispose();
+    }
+}
