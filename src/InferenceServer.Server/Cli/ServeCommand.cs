@@ -1,0 +1,46 @@
+using System.CommandLine;
+using InferenceServer.Server.Hosting;
+
+namespace InferenceServer.Server.Cli;
+
+/// <summary>
+/// <c>inference-server serve [--model DIR] [--http-port 8080] [--grpc-port 50051] ...</c>: the gRPC + OpenAI-compatible HTTP
+/// server. Every option is also configuration (appsettings.json next to the binary, environment <c>InferenceServer__HttpPort</c>);
+/// an option given here wins. Without <c>--model</c> it serves the embedded tiny random-weight model (noise images).
+/// SIGTERM / Ctrl+C: stop admitting, finish every in-flight request, exit.
+/// </summary>
+internal static class ServeCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model") { Description = "Model folder (BFL or diffusers layout); default: the embedded tiny random model (noise)" };
+        var name = new Option<string?>("--model-name") { Description = "Name clients use for the model (default: the model card's)" };
+        var httpPort = new Option<int?>("--http-port") { Description = "OpenAI-compatible HTTP port (default 8080; 0: any free port)" };
+        var grpcPort = new Option<int?>("--grpc-port") { Description = "gRPC port (default 50051; 0: any free port)" };
+        var bind = new Option<string?>("--bind") { Description = "Address to listen on (default 0.0.0.0)" };
+        var dtype = new Option<string?>("--dtype") { Description = "Weights dtype: bf16 (default) or fp32" };
+        var apiKey = new Option<string[]>("--api-key") { Description = "Accepted API key (repeat for several); none: no auth" };
+        var maxQueue = new Option<int?>("--max-queue") { Description = "Requests waiting before 429 / RESOURCE_EXHAUSTED (default 64)" };
+        var maxBatch = new Option<int?>("--max-batch") { Description = "Images per engine batch (default 4)" };
+        var command = new Command("serve", "Serve gRPC (inference.v1.ImageService) and the OpenAI-compatible HTTP API")
+            { model, name, httpPort, grpcPort, bind, dtype, apiKey, maxQueue, maxBatch };
+        command.SetAction(async (r, ct) =>
+        {
+            var app = ServerHost.Build([], o =>
+            {
+                if (r.GetValue(model) is { } m) o.Model = Path.GetFullPath(m);
+                if (r.GetValue(name) is { } n) o.ModelName = n;
+                if (r.GetValue(httpPort) is { } hp) o.HttpPort = hp;
+                if (r.GetValue(grpcPort) is { } gp) o.GrpcPort = gp;
+                if (r.GetValue(bind) is { } b) o.BindAddress = b;
+                if (r.GetValue(dtype) is { } d) o.DType = d;
+                if (r.GetValue(apiKey) is { Length: > 0 } keys) o.ApiKeys = [.. keys];
+                if (r.GetValue(maxQueue) is { } q) o.Queue.MaxQueued = q;
+                if (r.GetValue(maxBatch) is { } mb) o.Queue.MaxBatchImages = mb;
+            });
+            await app.RunAsync();
+            return 0;
+        });
+        return command;
+    }
+}

@@ -1,0 +1,349 @@
+using System.Diagnostics;
+using InferenceServer.Pipeline.Generation;
+using InferenceServer.Pipeline.Images;
+using InferenceServer.Server.Hosting;
+using InferenceServer.Server.Observability;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace InferenceServer.Server.Engine;
+
+/// <summary>
+/// Admission, the bounded queue, batching and the engine thread (vLLM's split of API server / scheduler / worker, in one
+/// process). Request threads validate (<see cref="GenerationPipeline.Prepare"/>, no device work) and enqueue; ONE engine
+/// thread owns the device: it takes the oldest waiting job, gathers compatible jobs (same model and
+/// <see cref="BatchKey"/>: size, steps, guidance, reference shapes) from anywhere in the queue up to the image and token
+/// budget, waits at most <see cref="QueueOptions.GatherWindow"/> for more, and runs them as one batch. The oldest job
+/// always runs next, so a job is overtaken only by batch-mates of jobs ahead of it: no starvation across sizes.
+/// Seeds are per image, so batching does not change images. A job cancelled while queued leaves the queue at once; while
+/// running, the pipeline drops it between steps.
+/// </summary>
+public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposable
+{
+    readonly ServerOptions options;
+    readonly ILogger<ImageScheduler> log;
+    readonly ServerMetrics metrics;
+    readonly Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>> loadModels;
+    readonly LinkedList<Job> queue = new();
+    readonly object gate = new();
+    readonly CancellationTokenSource stopping = new();
+    readonly TaskCompletionSource loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    IReadOnlyList<ServedModel> models = [];
+    Thread? engine;
+    bool draining;
+    int running;
+    int disposed;
+
+    public ImageScheduler(IOptions<ServerOptions> options, ILogger<ImageScheduler> log, ServerMetrics metrics,
+        Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>>? loadModels = null)
+    {
+        this.options = options.Value;
+        this.log = log;
+        this.metrics = metrics;
+        this.loadModels = loadModels ?? DefaultLoad;
+    }
+
+    public IReadOnlyList<ModelDescriptor> Models => models.Select(m => m.Describe()).ToList();
+    public bool Ready => !draining && models.Count > 0 && models.All(m => m.Ready);
+    /// <summary>Completes when the models are loaded and warm (or faults with the load error).</summary>
+    public Task Loaded => loaded.Task;
+    /// <summary>Jobs waiting, not running.</summary>
+    public int QueueDepth { get { lock (gate) return queue.Count; } }
+    /// <summary>Batches the engine has run (tests check that batching happened).</summary>
+    public long BatchesRun => Interlocked.Read(ref batchesRun);
+    long batchesRun;
+
+    static IReadOnlyList<ServedModel> DefaultLoad(ServerOptions o, Action<string> log)
+    {
+        string dir = o.Model ?? ServedModel.EnsureTinyModel(o.CacheDirectory);
+        return [ServedModel.Load(dir, o.ModelName ?? (o.Model is null ? "flux2-tiny-random" : null), o, log)];
+    }
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        engine = new Thread(EngineMain) { Name = "inference-engine", IsBackground = true };
+        engine.Start();
+        return Task.CompletedTask;
+    }
+
+    /// <summary>Stops admitting (new jobs: Unavailable), lets the queue and the running batch finish, then ends the engine.</summary>
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        BeginDrain();
+        lock (gate) Monitor.PulseAll(gate);
+        var done = Task.Run(() => engine?.Join(Timeout.Infinite), CancellationToken.None);
+        await Task.WhenAny(done, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
+        if (!done.IsCompleted)
+        {
+            log.LogWarning("shutdown timeout: cancelling {Queued} queued and {Running} running jobs", QueueDepth, running);
+            stopping.Cancel();
+            lock (gate) Monitor.PulseAll(gate);
+            await Task.WhenAny(done, Task.Delay(TimeSpan.FromSeconds(30), CancellationToken.None)).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>From now on new jobs are refused with Unavailable; queued and running ones still finish.</summary>
+    public void BeginDrain()
+    {
+        lock (gate)
+        {
+            if (draining) return;
+            draining = true;
+            Monitor.PulseAll(gate);
+        }
+        log.LogInformation("draining: {Queued} queued, {Running} running", QueueDepth, running);
+    }
+
+    public async Task<JobResult> GenerateAsync(ImageJobRequest request, Action<JobEvent>? onEvent = null, CancellationToken cancellationToken = default)
+    {
+        var admitted = Stopwatch.StartNew();
+        if (draining) throw new ServiceException(ErrorKind.Unavailable, "the server is shutting down", retryAfter: options.Queue.RetryAfter);
+        if (!loaded.Task.IsCompletedSuccessfully)
+            throw new ServiceException(ErrorKind.Unavailable, loaded.Task.IsFaulted ? "the model failed to load" : "the model is still loading", retryAfter: TimeSpan.FromSeconds(5));
+        var model = FindModel(request.Model);
+        Validate(request);
+        PreparedRequest prepared;
+        try { prepared = model.Pipeline.Prepare(request.Generation); }
+        catch (ImageDecodeException e) { throw new ServiceException(ErrorKind.InvalidArgument, $"image: {e.Message}", "image", inner: e); }
+        catch (ArgumentException e) { throw ServiceException.FromArgument(e); }
+
+        var timeout = request.Timeout ?? options.Queue.DefaultTimeout;
+        var deadline = new CancellationTokenSource(timeout);
+        var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token, stopping.Token);
+        var job = new Job(request, model, prepared, linked.Token, onEvent, admitted);
+        int position;
+        lock (gate)
+        {
+            if (draining) throw new ServiceException(ErrorKind.Unavailable, "the server is shutting down", retryAfter: options.Queue.RetryAfter);
+            if (queue.Count >= options.Queue.MaxQueued)
+            {
+                metrics.Rejected(request.Origin, "queue_full");
+                throw new ServiceException(ErrorKind.ResourceExhausted,
+                    $"the queue is full ({options.Queue.MaxQueued} requests waiting); retry after {options.Queue.RetryAfter.TotalSeconds:0.#} s",
+                    retryAfter: options.Queue.RetryAfter);
+            }
+            job.Node = queue.AddLast(job);
+            position = queue.Count - 1 + running;
+            metrics.QueueDepth(queue.Count);
+            Monitor.PulseAll(gate);
+        }
+        SafeEvent(job, new JobEvent.Queued(position));
+        using var registration = linked.Token.Register(() => CancelQueued(job));
+        try
+        {
+            return await job.Completion.Task.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            if (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+                throw new ServiceException(ErrorKind.DeadlineExceeded, $"the request did not finish within its deadline ({timeout.TotalSeconds:0.###} s)");
+            if (stopping.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+                throw new ServiceException(ErrorKind.Unavailable, "the server shut down before the request finished");
+            throw new ServiceException(ErrorKind.Cancelled, "the request was cancelled by the client");
+        }
+        finally
+        {
+            linked.Dispose();
+            deadline.Dispose();
+        }
+    }
+
+    ServedModel FindModel(string? name)
+    {
+        if (string.IsNullOrEmpty(name)) return models[0];
+        return models.FirstOrDefault(m => string.Equals(m.Name, name, StringComparison.OrdinalIgnoreCase))
+            ?? throw new ServiceException(ErrorKind.NotFound, $"model '{name}' is not served here; served: {string.Join(", ", models.Select(m => m.Name))}", "model");
+    }
+
+    void Validate(ImageJobRequest r)
+    {
+        var l = options.Limits;
+        var g = r.Generation;
+        if (string.IsNullOrWhiteSpace(g.Prompt)) throw ServiceException.Invalid("prompt", "prompt: must not be empty");
+        if (g.Prompt.Length > l.MaxPromptChars) throw ServiceException.Invalid("prompt", $"prompt: {g.Prompt.Length} characters, at most {l.MaxPromptChars} are allowed");
+        if (g.Count < 1 || g.Count > l.MaxImages) throw ServiceException.Invalid("n", $"n: {g.Count} images requested, 1 to {l.MaxImages} are allowed");
+        if (g.References.Count > l.MaxReferences) throw ServiceException.Invalid("image", $"image: {g.References.Count} reference images given, at most {l.MaxReferences} are allowed");
+        if (g.Steps is { } s && (s < 1 || s > l.MaxSteps)) throw ServiceException.Invalid("steps", $"steps: {s}, 1 to {l.MaxSteps} are allowed");
+        if (g.Quality is < 0 or > 100) throw ServiceException.Invalid("output_compression", $"output_compression: {g.Quality}, 0 to 100 are allowed");
+        if (g.Guidance is { } gd && (double.IsNaN(gd) || gd < 0 || gd > 100)) throw ServiceException.Invalid("guidance", $"guidance: {gd}, 0 to 100 are allowed");
+        for (int i = 0; i < g.References.Count; i++)
+            if (g.References[i].Length == 0) throw ServiceException.Invalid("image", $"image {i + 1}: empty");
+        if (r.PreviewEvery < 0) throw ServiceException.Invalid("preview_every", $"preview_every: {r.PreviewEvery}, must be 0 or more");
+    }
+
+    void CancelQueued(Job job)
+    {
+        bool removed = false;
+        lock (gate)
+        {
+            if (job.Node is { List: not null } node)
+            {
+                queue.Remove(node);
+                removed = true;
+                metrics.QueueDepth(queue.Count);
+            }
+        }
+        if (removed) job.Completion.TrySetCanceled(job.Token);
+    }
+
+    void EngineMain()
+    {
+        try
+        {
+            models = loadModels(options, line => log.LogInformation("{Line}", line));
+            foreach (var m in models)
+            {
+                var sw = Stopwatch.StartNew();
+                m.WarmUp();
+                m.Ready = true;
+                log.LogInformation("model {Model} warm in {Ms:0} ms", m.Name, sw.Elapsed.TotalMilliseconds);
+            }
+            loaded.TrySetResult();
+        }
+        catch (Exception e)
+        {
+            log.LogCritical(e, "model load failed: {Message}", e.Message);
+            loaded.TrySetException(e);
+            return;
+        }
+
+        while (true)
+        {
+            List<Job> batch;
+            lock (gate)
+            {
+                while (queue.Count == 0 && !(draining && running == 0))
+                    Monitor.Wait(gate);
+                if (queue.Count == 0) break;                                  // draining and nothing left
+                batch = Gather();
+                if (Images(batch) < options.Queue.MaxBatchImages && options.Queue.GatherWindow > TimeSpan.Zero && !draining)
+                {
+                    // A short window for compatible requests arriving together (a client's burst); jobs stay queued meanwhile.
+                    var until = Stopwatch.GetTimestamp() + (long)(options.Queue.GatherWindow.TotalSeconds * Stopwatch.Frequency);
+                    while (true)
+                    {
+                        int ms = (int)Math.Ceiling((until - Stopwatch.GetTimestamp()) * 1000.0 / Stopwatch.Frequency);
+                        if (ms <= 0 || !Monitor.Wait(gate, ms)) break;
+                        if (queue.Count == 0 || Images(Gather()) >= options.Queue.MaxBatchImages) break;
+                    }
+                    if (queue.Count == 0) continue;
+                    batch = Gather();
+                }
+                foreach (var j in batch) queue.Remove(j.Node!);
+                running = batch.Count;
+                metrics.QueueDepth(queue.Count);
+            }
+            try { RunBatch(batch); }
+            finally { lock (gate) { running = 0; Monitor.PulseAll(gate); } }
+        }
+        log.LogInformation("engine stopped");
+    }
+
+    static int Images(List<Job> batch) => batch.Sum(j => j.Prepared.Count);
+
+    /// <summary>The oldest job plus compatible ones, in queue order, within the image and token budget (jobs stay queued).</summary>
+    List<Job> Gather()
+    {
+        var head = queue.First!.Value;
+        var batch = new List<Job> { head };
+        int images = head.Prepared.Count;
+        long tokens = Tokens(head);
+        for (var n = queue.First.Next; n is not null; n = n.Next)
+        {
+            var j = n.Value;
+            if (j.Model != head.Model || j.Prepared.Key != head.Prepared.Key) continue;
+            if (images + j.Prepared.Count > options.Queue.MaxBatchImages || tokens + Tokens(j) > options.Queue.MaxBatchTokens) continue;
+            batch.Add(j);
+            images += j.Prepared.Count;
+            tokens += Tokens(j);
+        }
+        return batch;
+    }
+
+    static long Tokens(Job j) => (long)j.Prepared.Count * (j.Prepared.Width / 16) * (j.Prepared.Height / 16);
+
+    void RunBatch(List<Job> batch)
+    {
+        var live = batch.Where(j => !j.Token.IsCancellationRequested).ToList();
+        foreach (var j in batch.Except(live)) j.Completion.TrySetCanceled(j.Token);
+        if (live.Count == 0) return;
+        var model = live[0].Model;
+        int images = live.Sum(j => j.Prepared.Count);
+        Interlocked.Increment(ref batchesRun);
+        metrics.Batch(live.Count, images);
+        var started = Stopwatch.StartNew();
+        foreach (var j in live) j.QueueMilliseconds = j.Admitted.Elapsed.TotalMilliseconds;
+        var entries = live.Select(j => new BatchEntry(j.Prepared, j.Token, j.Request.PreviewEvery)).ToList();
+        IReadOnlyList<BatchOutcome> outcomes;
+        try
+        {
+            outcomes = model.Pipeline.GenerateBatch(entries, p => SafeEvent(live[p.Entry], new JobEvent.Progress(p.Step, p.Steps, p.Preview?.Bytes)));
+        }
+        catch (Exception e)
+        {
+            outcomes = live.Select(_ => new BatchOutcome(null, e)).ToList();
+        }
+        log.LogInformation("batch of {Requests} requests / {Images} images ({Width}x{Height}, {Steps} steps) in {Ms:0} ms: {Ids}",
+            live.Count, images, live[0].Prepared.Width, live[0].Prepared.Height, live[0].Prepared.Steps, started.Elapsed.TotalMilliseconds,
+            string.Join(",", live.Select(j => j.Request.RequestId)));
+        for (int i = 0; i < live.Count; i++)
+        {
+            var job = live[i];
+            var o = outcomes[i];
+            if (o.Result is { } r)
+            {
+                metrics.Completed(job.Request.Origin, r, job.QueueMilliseconds);
+                job.Completion.TrySetResult(new JobResult(r, model.Name, job.Request.RequestId, job.QueueMilliseconds,
+                    job.Admitted.Elapsed.TotalMilliseconds, live.Count, images));
+            }
+            else if (o.Error is OperationCanceledException) job.Completion.TrySetCanceled(job.Token);
+            else if (o.Error is ArgumentException ae) job.Completion.TrySetException(ServiceException.FromArgument(ae));
+            else if (o.Error is ImageDecodeException de) job.Completion.TrySetException(new ServiceException(ErrorKind.InvalidArgument, $"image: {de.Message}", "image", inner: de));
+            else if (IsOutOfMemory(o.Error))
+            {
+                log.LogWarning(o.Error, "request {Id}: out of device memory", job.Request.RequestId);
+                job.Completion.TrySetException(new ServiceException(ErrorKind.ResourceExhausted,
+                    "the device ran out of memory for this request; retry with a smaller size or n", retryAfter: options.Queue.RetryAfter, inner: o.Error));
+            }
+            else
+            {
+                log.LogError(o.Error, "request {Id} failed", job.Request.RequestId);
+                job.Completion.TrySetException(new ServiceException(ErrorKind.Internal, $"generation failed (request {job.Request.RequestId}): {o.Error?.Message}", inner: o.Error));
+            }
+        }
+        if (outcomes.Any(o => IsOutOfMemory(o.Error))) GC.Collect();
+    }
+
+    static bool IsOutOfMemory(Exception? e) =>
+        e is OutOfMemoryException || (e?.Message.Contains("out of memory", StringComparison.OrdinalIgnoreCase) ?? false);
+
+    void SafeEvent(Job job, JobEvent e)
+    {
+        try { job.OnEvent?.Invoke(e); }
+        catch (Exception ex) { log.LogWarning(ex, "request {Id}: event handler failed", job.Request.RequestId); }
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref disposed, 1) == 1) return;     // registered under three service types
+        stopping.Cancel();
+        lock (gate) { draining = true; Monitor.PulseAll(gate); }
+        engine?.Join(TimeSpan.FromSeconds(30));
+        foreach (var m in models) m.Dispose();
+        stopping.Dispose();
+    }
+
+    sealed class Job(ImageJobRequest request, ServedModel model, PreparedRequest prepared, CancellationToken token, Action<JobEvent>? onEvent, Stopwatch admitted)
+    {
+        public ImageJobRequest Request { get; } = request;
+        public ServedModel Model { get; } = model;
+        public PreparedRequest Prepared { get; } = prepared;
+        public CancellationToken Token { get; } = token;
+        public Action<JobEvent>? OnEvent { get; } = onEvent;
+        public Stopwatch Admitted { get; } = admitted;
+        public LinkedListNode<Job>? Node { get; set; }
+        public double QueueMilliseconds { get; set; }
+        public TaskCompletionSource<JobResult> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+}

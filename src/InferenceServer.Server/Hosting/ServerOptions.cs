@@ -1,0 +1,81 @@
+namespace InferenceServer.Server.Hosting;
+
+/// <summary>
+/// Everything the server can be told, bound from configuration section <c>InferenceServer</c>: appsettings.json,
+/// environment variables (<c>InferenceServer__Queue__MaxQueued=128</c>) and the serve verb's options, in that order of precedence (last wins).
+/// </summary>
+public sealed class ServerOptions
+{
+    public const string Section = "InferenceServer";
+
+    /// <summary>Model folder (BFL or diffusers layout). Null: the embedded tiny random-weight model (noise images).</summary>
+    public string? Model { get; set; }
+    /// <summary>Name clients use for the model; null: the folder's card name (e.g. flux2-klein-4b).</summary>
+    public string? ModelName { get; set; }
+    /// <summary>Weights dtype: bf16, fp32 (fp8/int8 where the build has them).</summary>
+    public string DType { get; set; } = "bf16";
+    /// <summary>auto (CUDA when present), cpu, cuda, cuda:N.</summary>
+    public string Device { get; set; } = "auto";
+    /// <summary>Where the embedded tiny model is written on first start; null: $XDG_CACHE_HOME or ~/.cache /inference-server.</summary>
+    public string? CacheDirectory { get; set; }
+
+    /// <summary>Address to bind (0.0.0.0: every interface; 127.0.0.1: loopback only).</summary>
+    public string BindAddress { get; set; } = "0.0.0.0";
+    /// <summary>OpenAI-compatible HTTP/1.1 API, /metrics, /healthz. 0: any free port.</summary>
+    public int HttpPort { get; set; } = 8080;
+    /// <summary>gRPC (HTTP/2 cleartext). 0: any free port.</summary>
+    public int GrpcPort { get; set; } = 50051;
+
+    /// <summary>API keys accepted as <c>Authorization: Bearer KEY</c> (HTTP) or <c>authorization</c> metadata (gRPC). Empty: no auth.</summary>
+    public List<string> ApiKeys { get; set; } = [];
+
+    public QueueOptions Queue { get; set; } = new();
+    public LimitOptions Limits { get; set; } = new();
+    public FileStoreOptions Files { get; set; } = new();
+
+    /// <summary>How long SIGTERM waits for in-flight requests before exiting anyway.</summary>
+    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromMinutes(2);
+}
+
+public sealed class QueueOptions
+{
+    /// <summary>Jobs waiting (not running). Beyond it: 429 / RESOURCE_EXHAUSTED at once.</summary>
+    public int MaxQueued { get; set; } = 64;
+    /// <summary>Images (rows) in one engine batch.</summary>
+    public int MaxBatchImages { get; set; } = 4;
+    /// <summary>Image tokens (rows x (W/16) x (H/16), references included) in one batch: the memory budget.</summary>
+    public long MaxBatchTokens { get; set; } = 4 * 4096 + 4 * 4096;
+    /// <summary>How long the engine waits for compatible requests to join a batch once it has one.</summary>
+    public TimeSpan GatherWindow { get; set; } = TimeSpan.FromMilliseconds(10);
+    /// <summary>Default request deadline when the client sets none.</summary>
+    public TimeSpan DefaultTimeout { get; set; } = TimeSpan.FromMinutes(10);
+    /// <summary>Retry-After sent with 429 when the queue is full.</summary>
+    public TimeSpan RetryAfter { get; set; } = TimeSpan.FromSeconds(2);
+}
+
+public sealed class LimitOptions
+{
+    /// <summary>HTTP request body and gRPC message size (4K-class images x 10 references fit).</summary>
+    public long MaxRequestBytes { get; set; } = 200L << 20;
+    /// <summary>Response message size (n images at 4K as PNG).</summary>
+    public long MaxResponseBytes { get; set; } = 512L << 20;
+    /// <summary>Pixels of one input image, checked from its header before decoding.</summary>
+    public long MaxInputPixels { get; set; } = 64L << 20;
+    public int MaxPromptChars { get; set; } = 8000;
+    public int MaxImages { get; set; } = 10;
+    public int MaxReferences { get; set; } = 10;
+    public int MaxSteps { get; set; } = 100;
+    public int MinSide { get; set; } = 64;
+    public int MaxSide { get; set; } = 4096;
+    public long MaxOutputPixels { get; set; } = 4096L * 4096;
+}
+
+public sealed class FileStoreOptions
+{
+    /// <summary>How long a <c>response_format=url</c> image stays downloadable.</summary>
+    public TimeSpan Expiry { get; set; } = TimeSpan.FromHours(1);
+    /// <summary>Bytes kept in memory for url responses; the oldest are dropped first beyond it.</summary>
+    public long MaxBytes { get; set; } = 1L << 30;
+    /// <summary>Base of the returned urls (e.g. https://images.example.com); null: the request's own scheme and host.</summary>
+    public string? PublicBaseUrl { get; set; }
+}

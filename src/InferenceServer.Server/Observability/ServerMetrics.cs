@@ -1,0 +1,88 @@
+using System.Diagnostics;
+using InferenceServer.Pipeline.Generation;
+using Prometheus;
+
+namespace InferenceServer.Server.Observability;
+
+/// <summary>
+/// The Prometheus series served at <c>/metrics</c>: queue depth, batch sizes, per-stage latency, images, errors by code,
+/// process and device memory. One instance per server, on its own registry (tests run several servers in one process).
+/// </summary>
+public sealed class ServerMetrics
+{
+    static readonly double[] LatencyBuckets = Histogram.ExponentialBuckets(0.001, 2, 20);   // 1 ms .. ~9 min
+
+    public CollectorRegistry Registry { get; } = Metrics.NewCustomRegistry();
+    readonly Gauge queueDepth;
+    readonly Histogram batchRequests, batchImages, stageSeconds, requestSeconds, queueSeconds;
+    readonly Counter images, requests, errors;
+    readonly Gauge processMemory, managedMemory;
+
+    public ServerMetrics()
+    {
+        var f = Metrics.WithCustomRegistry(Registry);
+        queueDepth = f.CreateGauge("inference_queue_depth", "Requests waiting for the engine (not running).");
+        batchRequests = f.CreateHistogram("inference_batch_requests", "Requests per engine batch.",
+            new HistogramConfiguration { Buckets = [1, 2, 3, 4, 6, 8, 12, 16, 32] });
+        batchImages = f.CreateHistogram("inference_batch_images", "Images (rows) per engine batch.",
+            new HistogramConfiguration { Buckets = [1, 2, 3, 4, 6, 8, 12, 16, 32] });
+        stageSeconds = f.CreateHistogram("inference_stage_seconds", "Time per pipeline stage per request.",
+            new HistogramConfiguration { LabelNames = ["stage"], Buckets = LatencyBuckets });
+        requestSeconds = f.CreateHistogram("inference_request_seconds", "Admission to result, per completed request.",
+            new HistogramConfiguration { LabelNames = ["origin"], Buckets = LatencyBuckets });
+        queueSeconds = f.CreateHistogram("inference_queue_seconds", "Time waiting in the queue per completed request.",
+            new HistogramConfiguration { Buckets = LatencyBuckets });
+        images = f.CreateCounter("inference_images_total", "Images generated.", new CounterConfiguration { LabelNames = ["origin"] });
+        requests = f.CreateCounter("inference_requests_total", "Requests answered, by front end and status code.",
+            new CounterConfiguration { LabelNames = ["origin", "code"] });
+        errors = f.CreateCounter("inference_errors_total", "Requests answered with an error, by front end and code.",
+            new CounterConfiguration { LabelNames = ["origin", "code"] });
+        processMemory = f.CreateGauge("inference_process_resident_bytes", "Resident set size of the server process.");
+        managedMemory = f.CreateGauge("inference_managed_heap_bytes", "Managed heap size.");
+        Registry.AddBeforeCollectCallback(() =>
+        {
+            using var p = Process.GetCurrentProcess();
+            processMemory.Set(p.WorkingSet64);
+            managedMemory.Set(GC.GetTotalMemory(false));
+            DeviceMemory?.Invoke(this);
+        });
+    }
+
+    /// <summary>Set by the device layer (CUDA) to publish device memory before each scrape.</summary>
+    public Action<ServerMetrics>? DeviceMemory { get; set; }
+
+    public void QueueDepth(int depth) => queueDepth.Set(depth);
+
+    public void Batch(int requestCount, int imageCount)
+    {
+        batchRequests.Observe(requestCount);
+        batchImages.Observe(imageCount);
+    }
+
+    public void Completed(string origin, GenerationResult result, double queueMilliseconds)
+    {
+        images.WithLabels(Origin(origin)).Inc(result.Images.Count);
+        queueSeconds.Observe(queueMilliseconds / 1000);
+        foreach (var group in result.Timings.GroupBy(t => StageName(t.Stage)))
+            stageSeconds.WithLabels(group.Key).Observe(group.Sum(t => t.Milliseconds) / 1000);
+    }
+
+    /// <summary>A request answered (by a front end): <paramref name="code"/> is the HTTP status or gRPC status name.</summary>
+    public void Answered(string origin, string code, bool error, double seconds)
+    {
+        requests.WithLabels(Origin(origin), code).Inc();
+        if (error) errors.WithLabels(Origin(origin), code).Inc();
+        else requestSeconds.WithLabels(Origin(origin)).Observe(seconds);
+    }
+
+    public void Rejected(string origin, string reason) { }
+
+    /// <summary>"denoise[0].step2" -> "denoise", "decode[1]" -> "decode".</summary>
+    static string StageName(string stage)
+    {
+        int i = stage.IndexOfAny(['[', '.']);
+        return i < 0 ? stage : stage[..i];
+    }
+
+    static string Origin(string origin) => origin is "" ? "other" : origin;
+}

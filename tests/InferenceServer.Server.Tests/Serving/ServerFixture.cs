@@ -1,0 +1,66 @@
+using InferenceServer.Models;
+using InferenceServer.Models.Flux2;
+using InferenceServer.Server.Engine;
+using InferenceServer.Server.Hosting;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Tests.Serving;
+
+/// <summary>A tiny random model folder (FP32), written once per test run and shared by every server the tests start.</summary>
+public static class TinyModel
+{
+    static readonly Lazy<string> folder = new(() =>
+    {
+        string dir = Path.Combine(Directory.CreateTempSubdirectory("server-tiny-").FullName, "flux2-tiny");
+        Flux2RandomModel.Write(ModelCards.Load("flux2-tiny"), Flux2Layout.Bfl, dir, ScalarType.Float32, seed: 5);
+        return dir;
+    });
+    public static string Folder => folder.Value;
+}
+
+/// <summary>
+/// A real server (Kestrel on loopback, free ports) over the tiny model. Started and ready when the constructor returns;
+/// <see cref="DisposeAsync"/> stops it gracefully.
+/// </summary>
+public sealed class RunningServer : IAsyncDisposable
+{
+    public WebApplication App { get; }
+    public int HttpPort { get; }
+    public int GrpcPort { get; }
+    public Uri HttpBase => new($"http://127.0.0.1:{HttpPort}/");
+    public Uri GrpcAddress => new($"http://127.0.0.1:{GrpcPort}");
+    public ImageScheduler Scheduler => App.Services.GetRequiredService<ImageScheduler>();
+
+    RunningServer(WebApplication app)
+    {
+        App = app;
+        (HttpPort, GrpcPort) = ServerHost.BoundPorts(app);
+    }
+
+    /// <param name="configure">Options on top of the test defaults (tiny model, loopback, ports 0, FP32).</param>
+    public static async Task<RunningServer> StartAsync(Action<ServerOptions>? configure = null, Action<WebApplicationBuilder>? customize = null)
+    {
+        var app = ServerHost.Build([], o =>
+        {
+            o.Model = TinyModel.Folder;
+            o.ModelName = "tiny";
+            o.DType = "fp32";
+            o.BindAddress = "127.0.0.1";
+            o.HttpPort = 0;
+            o.GrpcPort = 0;
+            configure?.Invoke(o);
+        }, customize);
+        await app.StartAsync();
+        var server = new RunningServer(app);
+        await server.Scheduler.Loaded.WaitAsync(TimeSpan.FromMinutes(2));
+        return server;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await App.StopAsync();
+        await App.DisposeAsync();
+    }
+}
