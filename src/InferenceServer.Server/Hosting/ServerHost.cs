@@ -54,6 +54,12 @@ public static class ServerHost
         // SIGTERM / Ctrl+C: refuse new work at once; Kestrel then waits for in-flight requests, then the engine stops.
         app.Lifetime.ApplicationStopping.Register(scheduler.BeginDrain);
 
+        // libvips warns on stderr about damaged client images (already answered with 400): route those lines to the log.
+        var vipsLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("libvips");
+        NetVips.Log.SetLogHandler("VIPS", NetVips.Enums.LogLevelFlags.Warning | NetVips.Enums.LogLevelFlags.Message
+            | NetVips.Enums.LogLevelFlags.Info | NetVips.Enums.LogLevelFlags.Critical,
+            (_, level, message) => vipsLog.Log(level.HasFlag(NetVips.Enums.LogLevelFlags.Critical) ? LogLevel.Warning : LogLevel.Debug, "{Message}", message));
+
         app.MapGet("/healthz", () => Results.Text("ok"));
         app.MapGet("/readyz", (IImageGenerator g) => g.Ready ? Results.Text("ready") : Results.Text("not ready", statusCode: 503));
         app.MapMetrics("/metrics", app.Services.GetRequiredService<ServerMetrics>().Registry);
