@@ -35,8 +35,9 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
         }
         string id = SaneId(context.Request.Headers[RequestIdHeader].ToString()) ?? Guid.NewGuid().ToString("N");
         context.Items[RequestIdItem] = id;
+        context.TraceIdentifier = id;
         context.Response.Headers[RequestIdHeader] = id;
-        using var scope = log.BeginScope(new Dictionary<string, object> { ["RequestId"] = id });
+        using var scope = log.BeginScope("request {XRequestId}", id);
 
         if (keys.Length > 0 && !IsOpen(context.Request.Path) && !Authorized(context.Request.Headers.Authorization.ToString()))
         {

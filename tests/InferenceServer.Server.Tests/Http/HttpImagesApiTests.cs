@@ -52,9 +52,9 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
     public async Task Url_response_is_absolute_and_served_with_its_content_type()
     {
         var (response, body) = await PostJson(http, "v1/images/generations",
-            new { prompt = "a lighthouse", size = "16:9", resolution = "1K", steps = 1, seed = 3, output_format = "jpeg", output_compression = 80 });
+            new { prompt = "a lighthouse", size = "112x70", steps = 1, seed = 3, output_format = "jpeg", output_compression = 80 });
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        Assert.Equal("1360x768", body.GetProperty("size").GetString());   // 1365x768 snapped
+        Assert.Equal("112x64", body.GetProperty("size").GetString());   // 70 snapped to 64
         Assert.Equal("jpeg", body.GetProperty("output_format").GetString());
         var url = new Uri(Assert.Single(body.GetProperty("data").EnumerateArray().ToList()).GetProperty("url").GetString()!);
         Assert.True(url.IsAbsoluteUri);
@@ -64,7 +64,7 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
         Assert.Equal(HttpStatusCode.OK, file.StatusCode);
         Assert.Equal("image/jpeg", file.Content.Headers.ContentType!.MediaType);
         var image = Codec.Decode(await file.Content.ReadAsByteArrayAsync());
-        Assert.Equal((1360, 768), (image.Width, image.Height));
+        Assert.Equal((112, 64), (image.Width, image.Height));
 
         var (missing, error) = (await http.GetAsync("v1/images/files/0123456789abcdef0123456789abcdef"), default(JsonElement));
         error = await Body(missing);

@@ -65,6 +65,17 @@ public sealed class HttpServerOptionsTests
     }
 
     [Fact]
+    public async Task Full_queue_is_429_with_retry_after()
+    {
+        await using var server = await RunningServer.StartAsync(o => { o.Queue.MaxQueued = 0; o.Queue.RetryAfter = TimeSpan.FromSeconds(3); });
+        using var http = NewHttp(server);
+        var (response, body) = await PostJson(http, "v1/images/generations", new { prompt = "x", size = "64x64" });
+        AssertError(response, body, 429, null);
+        Assert.Equal(TimeSpan.FromSeconds(3), response.Headers.RetryAfter?.Delta);
+        Assert.Contains("inference_errors_total{origin=\"http\",code=\"429\"} 1", await http.GetStringAsync("metrics"));
+    }
+
+    [Fact]
     public async Task Public_base_url_prefixes_returned_urls()
     {
         await using var server = await RunningServer.StartAsync(o => o.Files.PublicBaseUrl = "https://images.example.com/");
