@@ -29,6 +29,10 @@ public static class ImageRequestReader
 {
     /// <summary>Header carrying the client's deadline in seconds (decimals allowed), e.g. <c>X-Request-Timeout: 30</c>.</summary>
     public const string TimeoutHeader = "X-Request-Timeout";
+    /// <summary>Longest deadline a client may ask for (a day); longer ones are refused rather than clamped.</summary>
+    public static readonly TimeSpan MaxTimeout = TimeSpan.FromDays(1);
+    /// <summary>Seeds are 0 to 2^53 (exact in JSON doubles, so every client can echo them back); image i uses seed + i.</summary>
+    public const long MaxSeed = 1L << 53;
 
     public static async Task<ImagesRequest> ReadAsync(HttpContext context, ServerOptions options, string requestId, CancellationToken ct)
     {
@@ -71,7 +75,11 @@ public static class ImageRequestReader
             var files = form.Files.Where(f => f.Name is "image" or "image[]").ToList();
             if (files.Count > options.Limits.MaxReferences)
                 throw ServiceException.Invalid("image", $"image: {files.Count} reference images given, at most {options.Limits.MaxReferences} are allowed");
-            references = [];
+            // Text parts named image are base64 / data: URLs (curl -F "image=data:image/png;base64,...").
+            var texts = form.Where(kv => kv.Key is "image" or "image[]").SelectMany(kv => kv.Value).Where(v => !string.IsNullOrEmpty(v)).ToList();
+            if (files.Count + texts.Count > options.Limits.MaxReferences)
+                throw ServiceException.Invalid("image", $"image: {files.Count + texts.Count} reference images given, at most {options.Limits.MaxReferences} are allowed");
+            references = texts.Select((t, i) => DecodeImageString(t!, files.Count + i)).ToList();
             foreach (var file in files)
             {
                 using var stream = file.OpenReadStream();
@@ -106,7 +114,7 @@ public static class ImageRequestReader
             throw ServiceException.Invalid("output_compression", $"output_compression: {quality}, 0 to 100 are allowed");
         long? seed = fields.Long("seed");
         if (seed == -1) seed = null;   // Seedream: -1 = random
-        if (seed < 0) throw ServiceException.Invalid("seed", $"seed: {seed}, use 0 or more (or -1 for a random seed)");
+        if (seed is < 0 or > MaxSeed) throw ServiceException.Invalid("seed", $"seed: {seed}, use 0 to {MaxSeed} (or -1 for a random seed)");
 
         var generation = new GenerationRequest
         {
@@ -134,8 +142,8 @@ public static class ImageRequestReader
     {
         if (!request.Headers.TryGetValue(TimeoutHeader, out var values)) return null;
         string text = values.ToString().Trim();
-        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) || !(seconds > 0) || seconds > TimeSpan.MaxValue.TotalSeconds / 2)
-            throw ServiceException.Invalid(TimeoutHeader, $"{TimeoutHeader} '{text}': a positive number of seconds is expected");
+        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) || !(seconds > 0) || seconds > MaxTimeout.TotalSeconds)
+            throw ServiceException.Invalid(TimeoutHeader, $"{TimeoutHeader} '{text}': a positive number of seconds, at most {MaxTimeout.TotalSeconds:0}, is expected");
         return TimeSpan.FromSeconds(seconds);
     }
 

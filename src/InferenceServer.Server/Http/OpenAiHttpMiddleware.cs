@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
+using InferenceServer.Server.Observability;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 
@@ -15,7 +16,7 @@ namespace InferenceServer.Server.Http;
 /// the request id instead of a dropped connection. gRPC requests (content-type application/grpc) pass untouched: their
 /// auth is the gRPC interceptor's.
 /// </summary>
-public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions options, ILogger<OpenAiHttpMiddleware> log)
+public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions options, ServerMetrics metrics, ILogger<OpenAiHttpMiddleware> log)
 {
     public const string RequestIdHeader = "X-Request-Id";
     const string RequestIdItem = "InferenceServer.RequestId";
@@ -43,6 +44,7 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
         {
             await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.Unauthenticated,
                 "a valid API key is required: send 'Authorization: Bearer YOUR_KEY'")).ConfigureAwait(false);
+            metrics.Answered("http", "401", error: true, 0);
             return;
         }
         try
@@ -53,6 +55,7 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
         {
             log.LogError(e, "unhandled error answering {Method} {Path}", context.Request.Method, context.Request.Path);
             await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.Internal, $"internal error (request id {id})")).ConfigureAwait(false);
+            metrics.Answered("http", "500", error: true, 0);
         }
     }
 

@@ -84,6 +84,12 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
         var image = Codec.Decode(bytes);
         Assert.Equal((64, 96), (image.Width, image.Height));
 
+        // A text part named image carrying a data: URL counts as a reference too.
+        using var textForm = Form([], ("prompt", "x"), ("size", "64x64"), ("steps", "1"), ("response_format", "b64_json"),
+            ("image", "data:image/png;base64," + Convert.ToBase64String(Png(64, 64))));
+        (response, body) = await PostJson(http, "v1/images/edits", textForm);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+
         // Seedream's JSON form: image as a data: URL, or base64, or an array of them.
         (response, body) = await PostJson(http, "v1/images/edits", new
         {
@@ -137,6 +143,8 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
         Assert.Equal("timeout", body.GetProperty("error").GetProperty("code").GetString());
         (response, body) = await PostJson(http, "v1/images/generations", new { prompt = "x" }, r => r.Headers.Add("X-Request-Timeout", "soon"));
         AssertError(response, body, 400, "X-Request-Timeout");
+        (response, body) = await PostJson(http, "v1/images/generations", new { prompt = "x" }, r => r.Headers.Add("X-Request-Timeout", "1e12"));
+        AssertError(response, body, 400, "X-Request-Timeout");
         await AssertReady(http);
     }
 
@@ -176,6 +184,11 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
         { "sequential auto", 400, "sequential_image_generation" },
         { "edit without image", 400, "image" },
         { "image url", 400, "image" },
+        { "seed too large", 400, "seed" },
+        { "negative seed", 400, "seed" },
+        { "steps 0", 400, "steps" },
+        { "size as a number", 400, "size" },
+        { "bad base64 text part", 400, "image" },
     };
 
     [Theory]
@@ -204,6 +217,11 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
             "sequential auto" => Json(new { prompt = "x", sequential_image_generation = "auto" }),
             "edit without image" => Form([], ("prompt", "x")),
             "image url" => Json(new { prompt = "x", image = "https://example.com/a.png" }),
+            "seed too large" => Json(new { prompt = "x", seed = long.MaxValue }),
+            "negative seed" => Json(new { prompt = "x", seed = -5 }),
+            "steps 0" => Json(new { prompt = "x", steps = 0 }),
+            "size as a number" => Json(new { prompt = "x", size = 1024 }),
+            "bad base64 text part" => Form([], ("prompt", "x"), ("image", "not base64!")),
             _ => throw new ArgumentOutOfRangeException(nameof(name)),
         };
         string path = content is MultipartFormDataContent || name is "edit without image" or "malformed multipart" ? "v1/images/edits" : "v1/images/generations";
