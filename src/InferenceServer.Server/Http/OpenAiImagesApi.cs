@@ -85,7 +85,12 @@ public static class OpenAiImagesApi
         {
             var g = job.Generation;
             string? baseUrl = request.ResponseFormat == ResponseFormat.Url ? BaseUrl(context) : null;
-            // Store first: a store refusal is still answerable as an error before the response starts.
+            // Store first: a store refusal is still answerable as an error before the response starts. The images of one
+            // answer must fit together, or the later ones would evict the earlier ones before the client fetched them.
+            long total = g.Images.Sum(i => (long)i.Image.Bytes.Length);
+            if (baseUrl is not null && total > options.Files.MaxBytes)
+                throw new ServiceException(ErrorKind.TooLarge,
+                    $"the images ({total:N0} bytes) are larger than the url store ({options.Files.MaxBytes:N0} bytes); use response_format=b64_json", "response_format");
             var urls = baseUrl is null ? null
                 : g.Images.Select(i => $"{baseUrl}/v1/images/files/{files.Add(i.Image.Bytes, i.Image.MimeType)}{i.Image.Format.Extension()}").ToList();
 

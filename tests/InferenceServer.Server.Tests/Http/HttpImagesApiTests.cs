@@ -189,6 +189,7 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
         { "steps 0", 400, "steps" },
         { "size as a number", 400, "size" },
         { "bad base64 text part", 400, "image" },
+        { "multipart without boundary", 400, null },
     };
 
     [Theory]
@@ -222,18 +223,19 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
             "steps 0" => Json(new { prompt = "x", steps = 0 }),
             "size as a number" => Json(new { prompt = "x", size = 1024 }),
             "bad base64 text part" => Form([], ("prompt", "x"), ("image", "not base64!")),
+            "multipart without boundary" => Multipart("--zzz\r\n", "multipart/form-data"),
             _ => throw new ArgumentOutOfRangeException(nameof(name)),
         };
-        string path = content is MultipartFormDataContent || name is "edit without image" or "malformed multipart" ? "v1/images/edits" : "v1/images/generations";
+        string path = content is MultipartFormDataContent || name is "edit without image" or "malformed multipart" or "multipart without boundary" ? "v1/images/edits" : "v1/images/generations";
         var (response, body) = await PostJson(http, path, content);
         AssertError(response, body, status, param);
         await AssertReady(http);
     }
 
-    static ByteArrayContent Multipart(string raw)
+    static ByteArrayContent Multipart(string raw, string contentType = "multipart/form-data; boundary=zzz")
     {
         var content = new ByteArrayContent(System.Text.Encoding.ASCII.GetBytes(raw));
-        content.Headers.TryAddWithoutValidation("Content-Type", "multipart/form-data; boundary=zzz");
+        content.Headers.TryAddWithoutValidation("Content-Type", contentType);
         return content;
     }
 }

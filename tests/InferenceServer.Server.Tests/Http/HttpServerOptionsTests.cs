@@ -76,6 +76,17 @@ public sealed class HttpServerOptionsTests
     }
 
     [Fact]
+    public async Task Url_images_larger_than_the_store_are_413_naming_response_format()
+    {
+        await using var server = await RunningServer.StartAsync(o => o.Files.MaxBytes = 1000);
+        using var http = NewHttp(server);
+        var (response, body) = await PostJson(http, "v1/images/generations", new { prompt = "x", size = "64x64", steps = 1, n = 2 });
+        AssertError(response, body, 413, "response_format");
+        (response, _) = await PostJson(http, "v1/images/generations", new { prompt = "x", size = "64x64", steps = 1, n = 2, response_format = "b64_json" });
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+    }
+
+    [Fact]
     public async Task Public_base_url_prefixes_returned_urls()
     {
         await using var server = await RunningServer.StartAsync(o => o.Files.PublicBaseUrl = "https://images.example.com/");
