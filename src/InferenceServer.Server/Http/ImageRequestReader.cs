@@ -37,8 +37,6 @@ public static class ImageRequestReader
     public static async Task<ImagesRequest> ReadAsync(HttpContext context, ServerOptions options, string requestId, CancellationToken ct)
     {
         var request = context.Request;
-        IFields fields;
-        List<byte[]> references;
         if (IsJson(request.ContentType))
         {
             JsonDocument doc;
@@ -52,48 +50,44 @@ public static class ImageRequestReader
             {
                 if (doc.RootElement.ValueKind != JsonValueKind.Object)
                     throw new ServiceException(ErrorKind.InvalidArgument, "the body must be a JSON object");
-                var json = new JsonFields(doc.RootElement.Clone());
-                fields = json;
-                references = json.Images();
+                var json = new JsonFields(doc.RootElement);
+                return Build(json, json.Images(), request, requestId);
             }
         }
-        else if (request.HasFormContentType)
-        {
-            context.Features.Set<IFormFeature>(new FormFeature(request, new FormOptions
-            {
-                MultipartBodyLengthLimit = options.Limits.MaxRequestBytes,
-                ValueLengthLimit = (int)Math.Min(int.MaxValue, options.Limits.MaxRequestBytes),
-                ValueCountLimit = 256,
-            }));
-            IFormCollection form;
-            try { form = await request.ReadFormAsync(ct).ConfigureAwait(false); }
-            catch (InvalidDataException e)
-            {
-                throw new ServiceException(ErrorKind.InvalidArgument, $"the multipart body is malformed: {e.Message}");
-            }
-            fields = new FormFields(form);
-            var files = form.Files.Where(f => f.Name is "image" or "image[]").ToList();
-            if (files.Count > options.Limits.MaxReferences)
-                throw ServiceException.Invalid("image", $"image: {files.Count} reference images given, at most {options.Limits.MaxReferences} are allowed");
-            // Text parts named image are base64 / data: URLs (curl -F "image=data:image/png;base64,...").
-            var texts = form.Where(kv => kv.Key is "image" or "image[]").SelectMany(kv => kv.Value).Where(v => !string.IsNullOrEmpty(v)).ToList();
-            if (files.Count + texts.Count > options.Limits.MaxReferences)
-                throw ServiceException.Invalid("image", $"image: {files.Count + texts.Count} reference images given, at most {options.Limits.MaxReferences} are allowed");
-            references = texts.Select((t, i) => DecodeImageString(t!, files.Count + i)).ToList();
-            foreach (var file in files)
-            {
-                using var stream = file.OpenReadStream();
-                var bytes = new byte[file.Length];
-                await stream.ReadExactlyAsync(bytes, ct).ConfigureAwait(false);
-                references.Add(bytes);
-            }
-        }
-        else
-        {
+        if (!request.HasFormContentType)
             throw new ServiceException(ErrorKind.InvalidArgument,
                 $"Content-Type '{request.ContentType ?? "(none)"}' is not supported: send application/json or multipart/form-data", "Content-Type");
-        }
 
+        context.Features.Set<IFormFeature>(new FormFeature(request, new FormOptions
+        {
+            MultipartBodyLengthLimit = options.Limits.MaxRequestBytes,
+            ValueLengthLimit = (int)Math.Min(int.MaxValue, options.Limits.MaxRequestBytes),
+            ValueCountLimit = 256,
+        }));
+        IFormCollection form;
+        try { form = await request.ReadFormAsync(ct).ConfigureAwait(false); }
+        catch (InvalidDataException e)
+        {
+            throw new ServiceException(ErrorKind.InvalidArgument, $"the multipart body is malformed: {e.Message}");
+        }
+        var files = form.Files.Where(f => f.Name is "image" or "image[]").ToList();
+        // Text parts named image are base64 / data: URLs (curl -F "image=data:image/png;base64,...").
+        var texts = form.Where(kv => kv.Key is "image" or "image[]").SelectMany(kv => kv.Value).Where(v => !string.IsNullOrEmpty(v)).ToList();
+        if (files.Count + texts.Count > options.Limits.MaxReferences)
+            throw ServiceException.Invalid("image", $"image: {files.Count + texts.Count} reference images given, at most {options.Limits.MaxReferences} are allowed");
+        var references = texts.Select((t, i) => DecodeImageString(t!, files.Count + i)).ToList();
+        foreach (var file in files)
+        {
+            using var stream = file.OpenReadStream();
+            var bytes = new byte[file.Length];
+            await stream.ReadExactlyAsync(bytes, ct).ConfigureAwait(false);
+            references.Add(bytes);
+        }
+        return Build(new FormFields(form), references, request, requestId);
+    }
+
+    static ImagesRequest Build(IFields fields, List<byte[]> references, HttpRequest request, string requestId)
+    {
         string? sequential = fields.String("sequential_image_generation");
         if (sequential is not null && !sequential.Equals("disabled", StringComparison.OrdinalIgnoreCase))
             throw ServiceException.Invalid("sequential_image_generation", $"sequential_image_generation '{sequential}': only 'disabled' is supported");
