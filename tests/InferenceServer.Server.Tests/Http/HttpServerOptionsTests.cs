@@ -30,6 +30,15 @@ public sealed class HttpServerOptionsTests
         await AssertReady(http);
         Assert.Equal("ok", await http.GetStringAsync("healthz"));
         Assert.Contains("inference_requests_total", await http.GetStringAsync("metrics"));
+
+        // gRPC calls are left to the gRPC interceptor: the HTTP middleware does not answer them with 401.
+        using var h2 = new HttpClient { BaseAddress = server.GrpcAddress, DefaultRequestVersion = HttpVersion.Version20,
+            DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        using var grpc = new ByteArrayContent([0, 0, 0, 0, 0]);
+        grpc.Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
+        using var grpcResponse = await h2.PostAsync("inference.v1.ImageService/ListModels", grpc);
+        Assert.NotEqual(HttpStatusCode.Unauthorized, grpcResponse.StatusCode);
+        Assert.False(grpcResponse.Headers.Contains("X-Request-Id"));
     }
 
     [Fact]
