@@ -1,6 +1,7 @@
 using System.Net;
 using InferenceServer.Models.Runtime;
 using InferenceServer.Server.Engine;
+using InferenceServer.Server.Http;
 using InferenceServer.Server.Observability;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -63,6 +64,7 @@ public static class ServerHost
         app.MapGet("/healthz", () => Results.Text("ok"));
         app.MapGet("/readyz", (IImageGenerator g) => g.Ready ? Results.Text("ready") : Results.Text("not ready", statusCode: 503));
         app.MapMetrics("/metrics", app.Services.GetRequiredService<ServerMetrics>().Registry);
+        app.MapOpenAiImages();
         return app;
     }
 

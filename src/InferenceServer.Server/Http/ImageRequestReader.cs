@@ -1,0 +1,251 @@
+using System.Globalization;
+using System.Text.Json;
+using InferenceServer.Pipeline.Generation;
+using InferenceServer.Pipeline.Images;
+using InferenceServer.Server.Engine;
+using InferenceServer.Server.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+
+namespace InferenceServer.Server.Http;
+
+/// <summary>How the answer is to be written (not part of the generation).</summary>
+public enum ResponseFormat { Url, B64Json }
+
+/// <summary>One images request as read from JSON or multipart: the job plus how to answer it.</summary>
+public sealed record ImagesRequest(ImageJobRequest Job, ResponseFormat ResponseFormat);
+
+/// <summary>
+/// Reads <c>/v1/images/generations</c> (JSON) and <c>/v1/images/edits</c> (multipart/form-data, or JSON) into an
+/// <see cref="ImageJobRequest"/>. Fields: OpenAI's (prompt, model, n, size, response_format, output_format,
+/// output_compression; quality, style, user, background, moderation, input_fidelity, mask accepted and ignored) plus
+/// Seedream's (aspect_ratio, resolution, seed, sequential_image_generation = <c>disabled</c>, watermark ignored) and
+/// ours (steps, guidance). Unknown fields are ignored; a field of the wrong type is a 400 naming it.
+/// References: multipart files <c>image</c> / <c>image[]</c> (repeated), or in JSON <c>image</c> as a base64 string,
+/// a data: URL, or an array of them (Seedream's form). Range checks other than the response's own fields are the
+/// scheduler's (one validation for both front ends).
+/// </summary>
+public static class ImageRequestReader
+{
+    /// <summary>Header carrying the client's deadline in seconds (decimals allowed), e.g. <c>X-Request-Timeout: 30</c>.</summary>
+    public const string TimeoutHeader = "X-Request-Timeout";
+    /// <summary>Longest deadline a client may ask for (a day); longer ones are refused rather than clamped.</summary>
+    public static readonly TimeSpan MaxTimeout = TimeSpan.FromDays(1);
+    /// <summary>Seeds are 0 to 2^53 (exact in JSON doubles, so every client can echo them back); image i uses seed + i.</summary>
+    public const long MaxSeed = 1L << 53;
+
+    public static async Task<ImagesRequest> ReadAsync(HttpContext context, ServerOptions options, string requestId, CancellationToken ct)
+    {
+        var request = context.Request;
+        if (IsJson(request.ContentType))
+        {
+            JsonDocument doc;
+            try { doc = await JsonDocument.ParseAsync(request.Body, default, ct).ConfigureAwait(false); }
+            catch (JsonException e)
+            {
+                throw new ServiceException(ErrorKind.InvalidArgument,
+                    $"the body is not valid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}): {FirstSentence(e.Message)}");
+            }
+            using (doc)
+            {
+                if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                    throw new ServiceException(ErrorKind.InvalidArgument, "the body must be a JSON object");
+                var json = new JsonFields(doc.RootElement);
+                return Build(json, json.Images(), request, requestId);
+            }
+        }
+        if (!request.HasFormContentType)
+            throw new ServiceException(ErrorKind.InvalidArgument,
+                $"Content-Type '{request.ContentType ?? "(none)"}' is not supported: send application/json or multipart/form-data", "Content-Type");
+
+        context.Features.Set<IFormFeature>(new FormFeature(request, new FormOptions
+        {
+            MultipartBodyLengthLimit = options.Limits.MaxRequestBytes,
+            ValueLengthLimit = (int)Math.Min(int.MaxValue, options.Limits.MaxRequestBytes),
+            ValueCountLimit = 256,
+        }));
+        IFormCollection form;
+        try { form = await request.ReadFormAsync(ct).ConfigureAwait(false); }
+        catch (InvalidDataException e)
+        {
+            throw new ServiceException(ErrorKind.InvalidArgument, $"the multipart body is malformed: {e.Message}");
+        }
+        var files = form.Files.Where(f => f.Name is "image" or "image[]").ToList();
+        // Text parts named image are base64 / data: URLs (curl -F "image=data:image/png;base64,...").
+        var texts = form.Where(kv => kv.Key is "image" or "image[]").SelectMany(kv => kv.Value).Where(v => !string.IsNullOrEmpty(v)).ToList();
+        if (files.Count + texts.Count > options.Limits.MaxReferences)
+            throw ServiceException.Invalid("image", $"image: {files.Count + texts.Count} reference images given, at most {options.Limits.MaxReferences} are allowed");
+        var references = texts.Select((t, i) => DecodeImageString(t!, files.Count + i)).ToList();
+        foreach (var file in files)
+        {
+            using var stream = file.OpenReadStream();
+            var bytes = new byte[file.Length];
+            await stream.ReadExactlyAsync(bytes, ct).ConfigureAwait(false);
+            references.Add(bytes);
+        }
+        return Build(new FormFields(form), references, request, requestId);
+    }
+
+    static ImagesRequest Build(IFields fields, List<byte[]> references, HttpRequest request, string requestId)
+    {
+        string? sequential = fields.String("sequential_image_generation");
+        if (sequential is not null && !sequential.Equals("disabled", StringComparison.OrdinalIgnoreCase))
+            throw ServiceException.Invalid("sequential_image_generation", $"sequential_image_generation '{sequential}': only 'disabled' is supported");
+        if (fields.Bool("stream") == true)
+            throw ServiceException.Invalid("stream", "stream: streaming responses are not supported over HTTP; use the gRPC API for progress events");
+
+        var responseFormat = fields.String("response_format")?.Trim().ToLowerInvariant() switch
+        {
+            null or "" or "url" => ResponseFormat.Url,
+            "b64_json" => ResponseFormat.B64Json,
+            var other => throw ServiceException.Invalid("response_format", $"response_format '{other}': use url or b64_json"),
+        };
+        var format = ImageFormat.Png;
+        if (fields.String("output_format") is { Length: > 0 } f && !ImageFormats.TryParse(f, out format))
+            throw ServiceException.Invalid("output_format", $"output_format '{f}': use one of {ImageFormats.Accepted}");
+        int? quality = fields.Int("output_compression");
+        if (quality is < 0 or > 100)
+            throw ServiceException.Invalid("output_compression", $"output_compression: {quality}, 0 to 100 are allowed");
+        long? seed = fields.Long("seed");
+        if (seed == -1) seed = null;   // Seedream: -1 = random
+        if (seed is < 0 or > MaxSeed) throw ServiceException.Invalid("seed", $"seed: {seed}, use 0 to {MaxSeed} (or -1 for a random seed)");
+
+        var generation = new GenerationRequest
+        {
+            Prompt = fields.String("prompt") ?? "",
+            References = references,
+            Size = new SizeRequest(fields.String("size"), fields.String("aspect_ratio"), fields.String("resolution")),
+            Count = fields.Int("n") ?? 1,
+            Seed = seed,
+            Steps = fields.Int("steps"),
+            Guidance = fields.Double("guidance"),
+            Format = format,
+            Quality = quality,
+        };
+        return new ImagesRequest(new ImageJobRequest
+        {
+            Model = fields.String("model"),
+            Generation = generation,
+            RequestId = requestId,
+            Timeout = Timeout(request),
+            Origin = "http",
+        }, responseFormat);
+    }
+
+    static TimeSpan? Timeout(HttpRequest request)
+    {
+        if (!request.Headers.TryGetValue(TimeoutHeader, out var values)) return null;
+        string text = values.ToString().Trim();
+        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) || !(seconds > 0) || seconds > MaxTimeout.TotalSeconds)
+            throw ServiceException.Invalid(TimeoutHeader, $"{TimeoutHeader} '{text}': a positive number of seconds, at most {MaxTimeout.TotalSeconds:0}, is expected");
+        return TimeSpan.FromSeconds(seconds);
+    }
+
+    static bool IsJson(string? contentType) =>
+        contentType is not null && MediaTypeIs(contentType, "application/json");
+
+    static bool MediaTypeIs(string contentType, string mediaType)
+    {
+        int semi = contentType.IndexOf(';');
+        return (semi < 0 ? contentType : contentType[..semi]).Trim().Equals(mediaType, StringComparison.OrdinalIgnoreCase);
+    }
+
+    static string FirstSentence(string message)
+    {
+        int i = message.IndexOf(". ", StringComparison.Ordinal);
+        return i < 0 ? message : message[..(i + 1)];
+    }
+
+    static ServiceException WrongType(string name, string expected, string got) =>
+        ServiceException.Invalid(name, $"{name}: expected {expected}, got {got}");
+
+    /// <summary>Typed access to request fields; a present field of the wrong type throws a 400 naming it.</summary>
+    interface IFields
+    {
+        string? String(string name);
+        long? Long(string name);
+        double? Double(string name);
+        bool? Bool(string name);
+
+        int? Int(string name)
+        {
+            long? v = Long(name);
+            return v is null ? null : v is < int.MinValue or > int.MaxValue ? throw WrongType(name, "a 32-bit integer", v.Value.ToString(CultureInfo.InvariantCulture)) : (int)v;
+        }
+    }
+
+    sealed class JsonFields(JsonElement root) : IFields
+    {
+        bool Get(string name, out JsonElement value) =>
+            root.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null;
+
+        public string? String(string name) => !Get(name, out var v) ? null
+            : v.ValueKind == JsonValueKind.String ? v.GetString() : throw WrongType(name, "a string", Describe(v));
+
+        public long? Long(string name) => !Get(name, out var v) ? null
+            : v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long l) ? l : throw WrongType(name, "an integer", Describe(v));
+
+        public double? Double(string name) => !Get(name, out var v) ? null
+            : v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw WrongType(name, "a number", Describe(v));
+
+        public bool? Bool(string name) => !Get(name, out var v) ? null
+            : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw WrongType(name, "true or false", Describe(v));
+
+        /// <summary>Seedream's JSON references: <c>image</c> as a string or an array of strings (base64 or data: URLs).</summary>
+        public List<byte[]> Images()
+        {
+            if (!Get("image", out var v)) return [];
+            var items = v.ValueKind switch
+            {
+                JsonValueKind.String => [v],
+                JsonValueKind.Array => v.EnumerateArray().ToList(),
+                _ => throw WrongType("image", "a base64 string, a data: URL or an array of them", Describe(v)),
+            };
+            return items.Select((item, i) => item.ValueKind == JsonValueKind.String
+                ? DecodeImageString(item.GetString()!, i)
+                : throw WrongType("image", "a base64 string or a data: URL", Describe(item))).ToList();
+        }
+
+        static string Describe(JsonElement v) => v.ValueKind switch
+        {
+            JsonValueKind.String => $"the string \"{Truncate(v.GetString()!)}\"",
+            JsonValueKind.Number => $"the number {v.GetRawText()}",
+            JsonValueKind.True or JsonValueKind.False => $"the boolean {v.GetRawText()}",
+            JsonValueKind.Array => "an array",
+            JsonValueKind.Object => "an object",
+            _ => v.ValueKind.ToString().ToLowerInvariant(),
+        };
+
+        static string Truncate(string s) => s.Length <= 40 ? s : s[..40] + "...";
+    }
+
+    static byte[] DecodeImageString(string text, int index)
+    {
+        if (text.StartsWith("http://", StringComparison.OrdinalIgnoreCase) || text.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
+            throw ServiceException.Invalid("image", $"image {index + 1}: image URLs are not fetched by this server; send the bytes (base64, a data: URL or multipart)");
+        if (text.StartsWith("data:", StringComparison.OrdinalIgnoreCase))
+        {
+            int comma = text.IndexOf(',');
+            if (comma < 0 || !text[..comma].EndsWith(";base64", StringComparison.OrdinalIgnoreCase))
+                throw ServiceException.Invalid("image", $"image {index + 1}: a data: URL must be base64 (data:image/png;base64,...)");
+            text = text[(comma + 1)..];
+        }
+        try { return Convert.FromBase64String(text); }
+        catch (FormatException) { throw ServiceException.Invalid("image", $"image {index + 1}: not valid base64"); }
+    }
+
+    sealed class FormFields(IFormCollection form) : IFields
+    {
+        public string? String(string name) =>
+            form.TryGetValue(name, out var v) && v.Count > 0 ? v[^1] : null;
+
+        public long? Long(string name) => String(name) is not { } s ? null
+            : long.TryParse(s.Trim(), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long l) ? l : throw WrongType(name, "an integer", $"'{s}'");
+
+        public double? Double(string name) => String(name) is not { } s ? null
+            : double.TryParse(s.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double d) ? d : throw WrongType(name, "a number", $"'{s}'");
+
+        public bool? Bool(string name) => String(name) is not { } s ? null
+            : bool.TryParse(s.Trim(), out bool b) ? b : throw WrongType(name, "true or false", $"'{s}'");
+    }
+}

@@ -1,0 +1,79 @@
+using System.Security.Cryptography;
+using System.Text;
+using InferenceServer.Server.Engine;
+using InferenceServer.Server.Hosting;
+using InferenceServer.Server.Observability;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+
+namespace InferenceServer.Server.Http;
+
+/// <summary>
+/// What every HTTP (not gRPC) request goes through: the request id (<c>X-Request-Id</c> taken from the client when it is
+/// sane, made otherwise; echoed in the response and put in a logging scope), the API key check when
+/// <see cref="ServerOptions.ApiKeys"/> is set (<c>Authorization: Bearer KEY</c> on every route but /healthz, /readyz and
+/// /metrics, else 401 in OpenAI's shape), and a last-resort handler that turns an unexpected exception into a 500 with
+/// the request id instead of a dropped connection. gRPC requests (content-type application/grpc) pass untouched: their
+/// auth is the gRPC interceptor's.
+/// </summary>
+public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions options, ServerMetrics metrics, ILogger<OpenAiHttpMiddleware> log)
+{
+    public const string RequestIdHeader = "X-Request-Id";
+    const string RequestIdItem = "InferenceServer.RequestId";
+
+    readonly byte[][] keys = options.ApiKeys.Where(k => !string.IsNullOrEmpty(k)).Select(Encoding.UTF8.GetBytes).ToArray();
+
+    /// <summary>The id this middleware gave the request.</summary>
+    public static string RequestId(HttpContext context) =>
+        context.Items.TryGetValue(RequestIdItem, out var id) && id is string s ? s : context.TraceIdentifier;
+
+    public async Task InvokeAsync(HttpContext context)
+    {
+        if (context.Request.ContentType?.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) == true)
+        {
+            await next(context).ConfigureAwait(false);
+            return;
+        }
+        string id = SaneId(context.Request.Headers[RequestIdHeader].ToString()) ?? Guid.NewGuid().ToString("N");
+        context.Items[RequestIdItem] = id;
+        context.TraceIdentifier = id;
+        context.Response.Headers[RequestIdHeader] = id;
+        using var scope = log.BeginScope("request {XRequestId}", id);
+
+        if (keys.Length > 0 && !IsOpen(context.Request.Path) && !Authorized(context.Request.Headers.Authorization.ToString()))
+        {
+            await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.Unauthenticated,
+                "a valid API key is required: send 'Authorization: Bearer YOUR_KEY'")).ConfigureAwait(false);
+            metrics.Answered("http", "401", error: true, 0);
+            return;
+        }
+        try
+        {
+            await next(context).ConfigureAwait(false);
+        }
+        catch (Exception e) when (!context.Response.HasStarted)
+        {
+            log.LogError(e, "unhandled error answering {Method} {Path}", context.Request.Method, context.Request.Path);
+            await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.Internal, $"internal error (request id {id})")).ConfigureAwait(false);
+            metrics.Answered("http", "500", error: true, 0);
+        }
+    }
+
+    static bool IsOpen(PathString path) =>
+        path.Equals("/healthz", StringComparison.OrdinalIgnoreCase) || path.Equals("/readyz", StringComparison.OrdinalIgnoreCase)
+        || path.Equals("/metrics", StringComparison.OrdinalIgnoreCase);
+
+    bool Authorized(string header)
+    {
+        const string Bearer = "Bearer ";
+        if (!header.StartsWith(Bearer, StringComparison.OrdinalIgnoreCase)) return false;
+        var given = Encoding.UTF8.GetBytes(header[Bearer.Length..].Trim());
+        bool ok = false;
+        foreach (var key in keys) ok |= CryptographicOperations.FixedTimeEquals(given, key);
+        return ok;
+    }
+
+    /// <summary>A client id is kept when it is 1-128 printable ASCII characters (it goes into logs and headers).</summary>
+    static string? SaneId(string id) =>
+        id.Length is > 0 and <= 128 && id.All(c => c is > ' ' and < (char)127) ? id : null;
+}
