@@ -108,7 +108,9 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         catch (ImageDecodeException e) { throw new ServiceException(ErrorKind.InvalidArgument, $"image: {e.Message}", "image", inner: e); }
         catch (ArgumentException e) { throw ServiceException.FromArgument(e); }
 
+        // A deadline already past fires at once; anything beyond a day (incl. "infinite" gRPC deadlines) is a day.
         var timeout = request.Timeout ?? options.Queue.DefaultTimeout;
+        timeout = timeout < TimeSpan.FromMilliseconds(1) ? TimeSpan.FromMilliseconds(1) : timeout > TimeSpan.FromDays(1) ? TimeSpan.FromDays(1) : timeout;
         var deadline = new CancellationTokenSource(timeout);
         var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token, stopping.Token);
         var job = new Job(request, model, prepared, linked.Token, onEvent, admitted);
