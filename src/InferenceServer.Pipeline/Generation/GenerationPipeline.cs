@@ -125,12 +125,16 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
         }).ToList();
         var (width, height) = request.Size.Resolve(options.Sizes, images.Count > 0 ? (images[0].Width, images[0].Height) : null);
         long cap = images.Count == 1 ? options.SingleReferencePixels : options.MultiReferencePixels;
-        var shapes = images.Select(im =>
+        var shapes = images.Select((im, k) =>
         {
             var (w, h) = CappedSize(im.Width, im.Height, cap);
-            var box = Pixels.CenterCropBox(h, w, 16);
-            return $"{box.Width / 16}x{box.Height / 16}";
-        });
+            try
+            {
+                var box = Pixels.CenterCropBox(h, w, 16);
+                return $"{box.Width / 16}x{box.Height / 16}";                      // the latent grid: its token shape
+            }
+            catch (ArgumentException e) { throw new ArgumentException($"image {k + 1}: {e.Message}", e); }
+        }).ToList();
         var key = new BatchKey(width, height, steps, guidance, string.Join(",", shapes));
         return new PreparedRequest(request, width, height, steps, guidance, seed, images, cap, key, sw.Elapsed.TotalMilliseconds);
     }

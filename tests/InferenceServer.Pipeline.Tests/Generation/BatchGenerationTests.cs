@@ -86,6 +86,21 @@ public class BatchGenerationTests(TinyModelFolders folders, ITestOutputHelper ou
     }
 
     [Fact]
+    public void The_CFG_path_batches_too()
+    {
+        var m = folders.BflModel;   // the same modules under a non-distilled card: [uncond; cond] of all rows, guidance 4
+        var card = m.Card with { Sampling = m.Card.Sampling with { Distilled = false, Guidance = 4.0 } };
+        var cfg = new Flux2Model(m.Directory, m.Layout, card, m.Transformer, m.Vae, m.TextEncoder, m.Tokenizer, m.DType, m.LoadReport); // not disposed: the fixture owns the modules
+        using var p = new GenerationPipeline(cfg);
+        var entries = Entries(p, Abc);
+        Assert.Equal(4.0, entries[0].Request.Key.Guidance);
+        var outcomes = p.GenerateBatch(entries);
+        for (int e = 0; e < Abc.Length; e++) Assert.Equal(Alone(p, Abc[e]), outcomes[e].Result!.Images.Select(i => i.Image.Bytes));
+        using var distilled = new GenerationPipeline(m);
+        Assert.NotEqual(Alone(distilled, Abc[1]), outcomes[1].Result!.Images.Select(i => i.Image.Bytes));
+    }
+
+    [Fact]
     public void A_cancelled_entry_leaves_the_batch_within_one_step_and_the_others_finish()
     {
         using var p = new GenerationPipeline(folders.BflModel);
@@ -168,6 +183,7 @@ public class BatchGenerationTests(TinyModelFolders folders, ITestOutputHelper ou
         Assert.Equal(edit.Key, p.Prepare(Req("b", 6, size: "64x64", refs: [Png(100, 70, 3), Png(63, 79, 4)])).Key); // same token shapes, other pixels
         Assert.Contains("prompt", Assert.Throws<ArgumentException>(() => p.Prepare(Req(" ", 1))).Message);
         Assert.Contains("image 1", Assert.Throws<ArgumentException>(() => p.Prepare(Req("a", 1, refs: [[1, 2, 3]]))).Message);
+        Assert.Contains("image 2: image 40x12 is smaller than 16", Assert.Throws<ArgumentException>(() => p.Prepare(Req("a", 1, refs: [Png(64, 64, 1), Png(40, 12, 2)]))).Message);
         Assert.NotEqual(p.Prepare(Req("a", 1) with { Seed = null }).Seed, p.Prepare(Req("a", 1) with { Seed = null }).Seed);
     }
 
