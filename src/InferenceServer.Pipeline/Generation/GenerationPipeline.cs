@@ -233,6 +233,13 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                 var refIds = key.References.Length > 0 ? cat(rowEntry.Select(e => refs[e]!.Value.Ids).ToList(), 0) : null;       // [R, L_ref, 4]
                 var uncondRow = uncond?.to(dtype);                                               // [1, Lt, D]
                 foreach (var t in noise) t.Dispose();
+                (Tensor Ctx, Tensor Ids) ModelText()                                             // [R or 2R ([uncond; cond]), Lt, D], ids
+                {
+                    using var s = NewDisposeScope();
+                    var (c, ids) = Flux2Packing.BatchedPrcTxt(cfg ? cat([uncondRow!.expand(ctx.shape[0], -1, -1), ctx], 0) : ctx);
+                    return (c.MoveToOuterDisposeScope(), ids.MoveToOuterDisposeScope());
+                }
+                var (ctxIn, ctxIds) = ModelText();
 
                 var stepWatch = new Stopwatch();
                 for (int i = 0; i < key.Steps; i++)
@@ -247,6 +254,8 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                         x = Keep(x);
                         ctx = Keep(ctx);
                         if (refTokens is not null) { refTokens = Keep(refTokens); refIds = Keep(refIds!); }
+                        ctxIn.Dispose(); ctxIds.Dispose();
+                        (ctxIn, ctxIds) = ModelText();
                         rowEntry = keep.Select(r => rowEntry[r]).ToList();
                         rowImage = keep.Select(r => rowImage[r]).ToList();
                     }
@@ -254,7 +263,6 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                     float tCurr = schedule[i], tPrev = schedule[i + 1];
                     using var stepScope = NewDisposeScope();
                     stepWatch.Restart();
-                    var (ctxIn, ctxIds) = Flux2Packing.BatchedPrcTxt(cfg ? cat([uncondRow!.expand(rows, -1, -1), ctx], 0) : ctx); // [R or 2R, Lt, D]
                     var v = FlowSampler.Velocity(Model.Transformer, cfg, x, imgIds.expand(rows, -1, -1), ctxIn, ctxIds, tCurr,
                         (float)(key.Guidance ?? 1.0), refTokens, refIds);                       // [R, h*w, 128] f32
                     var next = FlowSampler.EulerStep(x, v, tCurr, tPrev);                       // [R, h*w, 128] f32
