@@ -245,7 +245,7 @@ public sealed class LastLayer : Module
     public Tensor forward(Tensor x, Tensor vec)
     {
         using var s = NewDisposeScope();
-        var mod = adaLN_modulation.forward(vec).unsqueeze(1).chunk(2, -1); // shift, scale: [B, 1, hidden]
+        var mod = Flux2Math.RowWise(vec, adaLN_modulation.forward).unsqueeze(1).chunk(2, -1); // shift, scale: [B, 1, hidden]
         return linear.forward(Flux2Math.Modulate(x, mod[0], mod[1], lnEps)).MoveToOuterDisposeScope();
     }
 }
@@ -253,6 +253,18 @@ public sealed class LastLayer : Module
 /// <summary>The functional pieces shared by the blocks (BFL <c>attention</c>, <c>apply_rope</c>, <c>rope</c>, <c>timestep_embedding</c>).</summary>
 public static class Flux2Math
 {
+    /// <summary>
+    /// <paramref name="f"/> on each row of <paramref name="x"/> ([B, ...]) alone, results concatenated. For the [B, hidden]
+    /// conditioning-vector linears: BLAS picks its kernel by M (FP32 CPU: gemv at M = 1, small-M and large-M GEMMs sum
+    /// in different orders), so M = 1 for every B keeps a row's numbers independent of what else is in the batch.
+    /// </summary>
+    public static Tensor RowWise(Tensor x, Func<Tensor, Tensor> f)
+    {
+        if (x.shape[0] == 1) return f(x);
+        using var s = NewDisposeScope();
+        return cat(Enumerable.Range(0, (int)x.shape[0]).Select(i => f(x[i..(i + 1)])).ToList(), 0).MoveToOuterDisposeScope();
+    }
+
     /// <summary><c>(1 + scale) * LayerNorm(x) + shift</c>, LayerNorm without affine.</summary>
     public static Tensor Modulate(Tensor x, Tensor shift, Tensor scale, double eps)
     {

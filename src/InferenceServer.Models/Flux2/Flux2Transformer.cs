@@ -79,18 +79,18 @@ public sealed class Flux2Transformer : Module
 
         var temb = Flux2Math.TimestepEmbedding(timesteps, c.TimestepEmbedDim, c.MaxPeriod, c.TimeFactor); // [B, 256] f32
         Trace("timestep_embedding", temb);
-        var vec = time_in.forward(temb.to(dt));                                                            // [B, hidden]
+        var vec = Flux2Math.RowWise(temb.to(dt), time_in.forward);                                         // [B, hidden]
         Trace("time_in_out", vec);
         if (guidance_in is not null)
         {
-            var g = guidance_in.forward(Flux2Math.TimestepEmbedding(guidance!, c.TimestepEmbedDim, c.MaxPeriod, c.TimeFactor).to(dt));
+            var g = Flux2Math.RowWise(Flux2Math.TimestepEmbedding(guidance!, c.TimestepEmbedDim, c.MaxPeriod, c.TimeFactor).to(dt), guidance_in.forward);
             Trace("guidance_in_out", g);
             vec = vec + g;
         }
 
-        var modImgRaw = double_stream_modulation_img.Project(vec); // [B, 6*hidden]
-        var modTxtRaw = double_stream_modulation_txt.Project(vec); // [B, 6*hidden]
-        var modSingleRaw = single_stream_modulation.Project(vec);  // [B, 3*hidden]
+        var modImgRaw = Flux2Math.RowWise(vec, double_stream_modulation_img.Project); // [B, 6*hidden]
+        var modTxtRaw = Flux2Math.RowWise(vec, double_stream_modulation_txt.Project); // [B, 6*hidden]
+        var modSingleRaw = Flux2Math.RowWise(vec, single_stream_modulation.Project);  // [B, 3*hidden]
         foreach (var n in new[] { "double_stream_modulation_img", "double_stream_modulation_txt", "single_stream_modulation" }) Trace(n + "_vec_in", vec);
         Trace("double_stream_modulation_img_lin_out", modImgRaw);
         Trace("double_stream_modulation_txt_lin_out", modTxtRaw);

@@ -36,14 +36,7 @@ public static class FlowSampler
         float guidance, Tensor? refTokens = null, Tensor? refIds = null, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default)
     {
         CheckRefs(refTokens, refIds);
-        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) =>
-        {
-            long b = x.shape[0];
-            var tVec = full(b, tCurr, ScalarType.Float32, x.device);
-            var gVec = model.Config.UseGuidanceEmbed ? full(b, guidance, ScalarType.Float32, x.device) : null;
-            var (input, ids) = WithRefs(x, imgIds, refTokens, refIds);
-            return model.Forward(input, ids, tVec, txt, txtIds, gVec)[.., ..(int)x.shape[1]];
-        });
+        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) => Velocity(model, cfg: false, x, imgIds, txt, txtIds, tCurr, guidance, refTokens, refIds));
     }
 
     /// <summary>
@@ -55,18 +48,42 @@ public static class FlowSampler
     {
         CheckRefs(refTokens, refIds);
         if (txt.shape[0] != 2 * img.shape[0]) throw new ArgumentException($"txt [{string.Join(", ", txt.shape)}] must hold [uncond; cond] for the {img.shape[0]} image(s) of img [{string.Join(", ", img.shape)}]", nameof(txt));
-        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) =>
-        {
-            var x2 = cat([x, x], 0);
-            var ids2 = cat([imgIds, imgIds], 0);
-            var (r2, rid2) = refTokens is null ? (null, null) : (cat([refTokens, refTokens], 0), cat([refIds!, refIds!], 0));
-            var (input, ids) = WithRefs(x2, ids2, r2, rid2);
-            var tVec = full(x2.shape[0], tCurr, ScalarType.Float32, x.device);
-            var pred = model.Forward(input, ids, tVec, txt, txtIds, null)[.., ..(int)x.shape[1]].to(ScalarType.Float32);
-            var uc = pred.chunk(2, 0);
-            return uc[0] + guidance * (uc[1] - uc[0]);
-        });
+        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) => Velocity(model, cfg: true, x, imgIds, txt, txtIds, tCurr, guidance, refTokens, refIds));
     }
+
+    /// <summary>
+    /// One model evaluation of a step (the body of <see cref="Denoise"/> and <see cref="DenoiseCfg"/>, open to batch loops that
+    /// change their rows between steps). Distilled: one call, guidance embedded when the model has it. CFG: <paramref name="txt"/>
+    /// is [uncond; cond] ([2B, Lt, D]), pred = u + guidance (c - u).
+    /// </summary>
+    /// <param name="x">[B, L_img, C] image tokens at <paramref name="tCurr"/>.</param>
+    /// <param name="imgIds">[B, L_img, 4]</param>
+    /// <returns>[B, L_img, C] float32 velocity of the image tokens.</returns>
+    public static Tensor Velocity(Flux2Transformer model, bool cfg, Tensor x, Tensor imgIds, Tensor txt, Tensor txtIds, float tCurr, float guidance,
+        Tensor? refTokens = null, Tensor? refIds = null)
+    {
+        using var scope = NewDisposeScope();
+        long b = x.shape[0];
+        int li = (int)x.shape[1];
+        if (!cfg)
+        {
+            var tVec = full(b, tCurr, ScalarType.Float32, x.device);
+            var gVec = model.Config.UseGuidanceEmbed ? full(b, guidance, ScalarType.Float32, x.device) : null;
+            var (input, ids) = WithRefs(x, imgIds, refTokens, refIds);
+            return model.Forward(input, ids, tVec, txt, txtIds, gVec)[.., ..li].to(ScalarType.Float32).MoveToOuterDisposeScope();
+        }
+        var x2 = cat([x, x], 0);
+        var ids2 = cat([imgIds, imgIds], 0);
+        var (r2, rid2) = refTokens is null ? (null, null) : (cat([refTokens, refTokens], 0), cat([refIds!, refIds!], 0));
+        var (input2, idsAll) = WithRefs(x2, ids2, r2, rid2);
+        var t2 = full(x2.shape[0], tCurr, ScalarType.Float32, x.device);
+        var pred = model.Forward(input2, idsAll, t2, txt, txtIds, null)[.., ..li].to(ScalarType.Float32);
+        var uc = pred.chunk(2, 0);
+        return (uc[0] + guidance * (uc[1] - uc[0])).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The Euler update <c>x + (t_prev - t_curr) v</c> (Python float step on a float32 tensor, as BFL).</summary>
+    public static Tensor EulerStep(Tensor x, Tensor velocity, float tCurr, float tPrev) => x + velocity * ((double)tPrev - tCurr);
 
     static Tensor Loop(Tensor img, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct, Func<Tensor, float, Tensor> velocity)
     {
@@ -80,7 +97,7 @@ public static class FlowSampler
             using (var scope = NewDisposeScope())
             {
                 var pred = velocity(x, tCurr).to(ScalarType.Float32);           // [B, L_img, C]
-                var next = x + pred * ((double)tPrev - tCurr);                  // Python float step on a float32 tensor
+                var next = EulerStep(x, pred, tCurr, tPrev);
                 onStep?.Invoke(new DenoiseStep(i, timesteps.Count - 1, tCurr, tPrev, next, pred));
                 next.MoveToOuterDisposeScope();
                 if (owned) x.Dispose();

@@ -37,4 +37,39 @@ public class GenerationMemoryTests(TinyModelFolders folders, ITestOutputHelper o
         long rss2 = Process.GetCurrentProcess().WorkingSet64;
         output.WriteLine($"200 more: RSS {rss1 >> 20} -> {rss2 >> 20} MiB; live tensors {tensors0} -> {Tensor.TotalCount}");
     }
+
+    [Fact]
+    public void Repeated_batches_with_cancellations_and_failures_leave_no_live_tensors()
+    {
+        using var p = new GenerationPipeline(folders.BflModel);
+        var edit = BatchGenerationTests.Req("make it red", 3, n: 2, steps: 2, refs: [BatchGenerationTests.Png(96, 64, 1)]);
+        void Round(int i)
+        {
+            using var cts = new CancellationTokenSource();
+            var entries = BatchGenerationTests.Abc.Select(r => new BatchEntry(p.Prepare(r with { Seed = i }), default, PreviewEvery: 2)).ToArray();
+            entries[2] = entries[2] with { CancellationToken = cts.Token };
+            var outcomes = p.GenerateBatch(entries, s =>
+            {
+                if (s.Entry == 2 && s.Step == 0) cts.Cancel();
+                if (i % 3 == 2 && s.Step == 1) throw new InvalidOperationException("failure inside the batch");
+            });
+            Assert.IsAssignableFrom<OperationCanceledException>(outcomes[2].Error);
+            Assert.Equal(i % 3 != 2, outcomes[0].Result is not null);
+            Assert.NotNull(p.GenerateBatch([new BatchEntry(p.Prepare(edit with { Seed = i }), default)])[0].Result);
+        }
+        for (int i = 0; i < 3; i++) Round(i);
+        GC.Collect(); GC.WaitForPendingFinalizers(); GC.Collect();
+        long tensors0 = Tensor.TotalCount;
+        for (int i = 0; i < 4; i++) p.Prepare(BatchGenerationTests.Abc[0]);
+        Assert.Equal(tensors0, Tensor.TotalCount);                                   // Prepare does no tensor work
+        long rss0 = Process.GetCurrentProcess().WorkingSet64;
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < 12; i++) Round(i);
+        GC.Collect(); GC.WaitForPendingFinalizers(); GC.Collect();
+        long rss1 = Process.GetCurrentProcess().WorkingSet64;
+        output.WriteLine($"12 rounds (a 3-entry batch with a cancellation, every third failing, then an edit) in {sw.Elapsed.TotalSeconds:F1} s; " +
+            $"live tensors {tensors0} -> {Tensor.TotalCount}; RSS {rss0 >> 20} -> {rss1 >> 20} MiB");
+        Assert.Equal(tensors0, Tensor.TotalCount);
+        Assert.True(rss1 - rss0 < 64 << 20, $"RSS grew by {(rss1 - rss0) >> 20} MiB");
+    }
 }
