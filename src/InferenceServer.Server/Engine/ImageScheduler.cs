@@ -280,7 +280,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         IReadOnlyList<BatchOutcome> outcomes;
         try
         {
-            outcomes = model.Pipeline.GenerateBatch(entries, p => SafeEvent(live[p.Entry], new JobEvent.Progress(p.Step, p.Steps, p.Preview?.Bytes)));
+            outcomes = model.Pipeline.GenerateBatch(entries, p => SafeEvent(live[p.Entry], new JobEvent.Progress(p.Step + 1, p.Steps, p.Preview?.Bytes)));
         }
         catch (Exception e)
         {
