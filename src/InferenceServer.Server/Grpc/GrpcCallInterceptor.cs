@@ -41,6 +41,9 @@ public sealed class GrpcCallInterceptor(IOptions<ServerOptions> options, ServerM
         }
         catch (ServiceException e)
         {
+            // The call's deadline cancels the call's token, which the scheduler sees as a client cancel: say which it was.
+            if (e.Kind == ErrorKind.Cancelled && DateTime.UtcNow >= context.Deadline)
+                e = new ServiceException(ErrorKind.DeadlineExceeded, "the request did not finish within its deadline", inner: e);
             var rpc = ToRpc(e, context);
             code = rpc.StatusCode;
             if (e.Kind == ErrorKind.Internal) log.LogError(e, "request {Id}: {Message}", RequestId(context), e.Message);
