@@ -1,4 +1,10 @@
-using Grpc.AspNetCore.HealthChecks;
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Globalization;
+using Grpc.Core;
+using InferenceServer.Server.Observability;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Options;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
 using Microsoft.AspNetCore.Builder;
@@ -41,10 +47,42 @@ public static class GrpcEndpoints
 
     public static IEndpointRouteBuilder MapInferenceGrpc(this IEndpointRouteBuilder endpoints)
     {
-        endpoints.MapGrpcService<ImageGrpcService>();
+        long limit = endpoints.ServiceProvider.GetRequiredService<IOptions<ServerOptions>>().Value.Limits.MaxRequestBytes;
+        endpoints.MapGrpcService<ImageGrpcService>().Add(b => b.RequestDelegate = RefuseOversizedMessages(b.RequestDelegate!, limit));
         endpoints.MapGrpcHealthChecksService();
         endpoints.MapGrpcReflectionService();
         return endpoints;
+    }
+
+    /// <summary>
+    /// Reads the first message's 5-byte gRPC frame header before the call starts and refuses a message over
+    /// <paramref name="limit"/> with RESOURCE_EXHAUSTED naming the size and the limit (Grpc.AspNetCore's own check, kept as
+    /// the backstop, says only "Received message exceeds the maximum configured message size"). Nothing is consumed.
+    /// </summary>
+    static RequestDelegate RefuseOversizedMessages(RequestDelegate next, long limit) => async context =>
+    {
+        var read = await context.Request.BodyReader.ReadAtLeastAsync(5, context.RequestAborted);
+        long? length = read.Buffer.Length >= 5 ? MessageLength(read.Buffer) : null;
+        context.Request.BodyReader.AdvanceTo(read.Buffer.Start);
+        if (length > limit)
+        {
+            string message = $"the request message is {length:N0} bytes; the limit is {limit:N0} bytes (InferenceServer:Limits:MaxRequestBytes)";
+            context.Response.StatusCode = StatusCodes.Status200OK;
+            context.Response.ContentType = "application/grpc";
+            // Trailers-only response: the status travels in the headers.
+            context.Response.Headers["grpc-status"] = ((int)StatusCode.ResourceExhausted).ToString(CultureInfo.InvariantCulture);
+            context.Response.Headers["grpc-message"] = Uri.EscapeDataString(message);
+            context.RequestServices.GetRequiredService<ServerMetrics>().Answered("grpc", nameof(StatusCode.ResourceExhausted), true, 0);
+            return;
+        }
+        await next(context);
+    };
+
+    static long MessageLength(ReadOnlySequence<byte> buffer)
+    {
+        Span<byte> header = stackalloc byte[5];
+        buffer.Slice(0, 5).CopyTo(header);
+        return BinaryPrimitives.ReadUInt32BigEndian(header[1..]);
     }
 
     /// <summary>SERVING only while the engine is ready: model loaded and warm, not draining.</summary>
