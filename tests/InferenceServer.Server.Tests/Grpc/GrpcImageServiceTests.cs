@@ -63,6 +63,7 @@ public sealed class GrpcImageServiceTests(GrpcServerFixture fixture, ITestOutput
         Assert.All(events, e => Assert.Equal("stream-1", e.RequestId));
     }
 
+    // Passes on grpc + batch once ImageScheduler reports BatchProgress.Step (0-based there) as Step + 1 (checked on a scratch merge).
     [Fact(Skip = "needs the batched pipeline's previews (branch batch): the temporary BatchShim reports no preview")]
     public async Task Stream_with_preview_every_1_sends_a_decodable_jpeg_at_each_step()
     {
