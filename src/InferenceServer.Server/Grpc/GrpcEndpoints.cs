@@ -42,6 +42,8 @@ public static class GrpcEndpoints
             o.Services.Map("", _ => true);
             o.Services.Map(ImageServiceName, r => r.Name == EngineCheck);
         }).AddCheck<EngineHealthCheck>(EngineCheck);
+        // Watch streams follow the health-check publisher: poll every second instead of every 30 s.
+        services.Configure<HealthCheckPublisherOptions>(o => (o.Delay, o.Period) = (TimeSpan.Zero, TimeSpan.FromSeconds(1)));
         return services;
     }
 

@@ -1,6 +1,7 @@
 using Grpc.Core;
 using Grpc.Health.V1;
 using Grpc.Reflection.V1Alpha;
+using InferenceServer.Client;
 using InferenceServer.Client.V1;
 using InferenceServer.Server.Engine;
 using Xunit.Abstractions;
@@ -142,6 +143,25 @@ public sealed class GrpcImageServiceTests(GrpcServerFixture fixture, ITestOutput
         output.WriteLine($"client saw step {seen}; server: step {trace.StepAtCancel} at cancel, last step {trace.LastStep} of 40");
         Assert.True(trace.StepAtCancel >= 2, "the cancel reached the server");
         Assert.True(trace.LastStep <= trace.StepAtCancel + 1, $"ran {trace.LastStep - trace.StepAtCancel} steps after the cancel");
+        Assert.Equal(ErrorKind.Cancelled, Assert.IsType<ServiceException>(trace.Error).Kind);
+    }
+
+    [Fact]
+    public async Task A_client_disconnecting_mid_stream_stops_the_job_within_one_step()
+    {
+        var client = new InferenceClient(fixture.Server.GrpcAddress);
+        var request = new GenerateRequest { Prompt = "hang up", Width = 256, Height = 256, Steps = 40, RequestId = "disconnect-1" };
+        await Assert.ThrowsAnyAsync<Exception>(async () =>
+        {
+            await foreach (var ev in client.GenerateStreamAsync(request))
+                if (ev.EventCase == GenerateEvent.EventOneofCase.Progress && ev.Progress.Step == 2) client.Dispose();   // closes the connection
+        });
+
+        var trace = fixture.Recorder.Jobs["disconnect-1"];
+        await trace.Done.Task.WaitAsync(TimeSpan.FromMinutes(1));
+        output.WriteLine($"server: step {trace.StepAtCancel} at disconnect, last step {trace.LastStep} of 40");
+        Assert.True(trace.StepAtCancel >= 2, "the disconnect reached the server");
+        Assert.True(trace.LastStep <= trace.StepAtCancel + 1, $"ran {trace.LastStep - trace.StepAtCancel} steps after the disconnect");
         Assert.Equal(ErrorKind.Cancelled, Assert.IsType<ServiceException>(trace.Error).Kind);
     }
 

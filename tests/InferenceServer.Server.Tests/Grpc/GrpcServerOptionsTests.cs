@@ -78,11 +78,16 @@ public sealed class GrpcServerOptionsTests(ITestOutputHelper output)
         await using var server = await RunningServer.StartAsync();
         using var client = new InferenceClient(server.GrpcAddress);
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await client.CheckHealthAsync());
+        using var watch = client.Health.Watch(new HealthCheckRequest(), deadline: DateTime.UtcNow.AddMinutes(1));
+        Assert.True(await watch.ResponseStream.MoveNext(CancellationToken.None));
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, watch.ResponseStream.Current.Status);
         server.Scheduler.BeginDrain();
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, await client.CheckHealthAsync());
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, await client.CheckHealthAsync("inference.v1.ImageService"));
         var e = await Assert.ThrowsAsync<RpcException>(() => client.GenerateAsync(Small("late")));
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.NotNull(e.Trailers.GetValue("retry-after"));
+        Assert.True(await watch.ResponseStream.MoveNext(CancellationToken.None));   // the publisher polls every second
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, watch.ResponseStream.Current.Status);
     }
 }
