@@ -2,6 +2,8 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Globalization;
 using Grpc.Core;
+using Grpc.Health.V1;
+using Grpc.HealthCheck;
 using InferenceServer.Server.Observability;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Options;
@@ -11,6 +13,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Hosting;
 
 namespace InferenceServer.Server.Grpc;
 
@@ -42,8 +45,7 @@ public static class GrpcEndpoints
             o.Services.Map("", _ => true);
             o.Services.Map(ImageServiceName, r => r.Name == EngineCheck);
         }).AddCheck<EngineHealthCheck>(EngineCheck);
-        // Watch streams follow the health-check publisher: poll every second instead of every 30 s.
-        services.Configure<HealthCheckPublisherOptions>(o => (o.Delay, o.Period) = (TimeSpan.Zero, TimeSpan.FromSeconds(1)));
+        services.AddHostedService<ReadinessWatcher>();
         return services;
     }
 
@@ -85,6 +87,30 @@ public static class GrpcEndpoints
         Span<byte> header = stackalloc byte[5];
         buffer.Slice(0, 5).CopyTo(header);
         return BinaryPrimitives.ReadUInt32BigEndian(header[1..]);
+    }
+
+    /// <summary>
+    /// Watch streams are told of a change only when the stored status changes, which the health-check publisher does every
+    /// 30 s: a readiness flip shorter than that (ready, then draining) would never reach a watcher. This pushes each flip
+    /// of <see cref="IImageGenerator.Ready"/> within 100 ms (a watcher then gets the checks' current answer).
+    /// </summary>
+    sealed class ReadinessWatcher(IImageGenerator generator, HealthServiceImpl health) : BackgroundService
+    {
+        protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+        {
+            bool? last = null;
+            using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(100));
+            do
+            {
+                bool ready = generator.Ready;
+                if (ready == last) continue;
+                var status = ready ? HealthCheckResponse.Types.ServingStatus.Serving : HealthCheckResponse.Types.ServingStatus.NotServing;
+                health.SetStatus("", status);
+                health.SetStatus(ImageServiceName, status);
+                last = ready;
+            }
+            while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false));
+        }
     }
 
     /// <summary>SERVING only while the engine is ready: model loaded and warm, not draining.</summary>

@@ -87,7 +87,7 @@ public sealed class GrpcServerOptionsTests(ITestOutputHelper output)
         var e = await Assert.ThrowsAsync<RpcException>(() => client.GenerateAsync(Small("late")));
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.NotNull(e.Trailers.GetValue("retry-after"));
-        Assert.True(await watch.ResponseStream.MoveNext(CancellationToken.None));   // the publisher polls every second
+        Assert.True(await watch.ResponseStream.MoveNext(CancellationToken.None));
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, watch.ResponseStream.Current.Status);
     }
 }
