@@ -1,6 +1,7 @@
 using System.Net;
 using InferenceServer.Models.Runtime;
 using InferenceServer.Server.Engine;
+using InferenceServer.Server.Grpc;
 using InferenceServer.Server.Http;
 using InferenceServer.Server.Observability;
 using Microsoft.AspNetCore.Builder;
@@ -48,6 +49,7 @@ public static class ServerHost
         builder.Services.AddSingleton<ImageScheduler>();
         builder.Services.AddSingleton<IImageGenerator>(s => s.GetRequiredService<ImageScheduler>());
         builder.Services.AddHostedService(s => s.GetRequiredService<ImageScheduler>());
+        builder.Services.AddInferenceGrpc(options);
         customize?.Invoke(builder);
 
         var app = builder.Build();
@@ -63,6 +65,7 @@ public static class ServerHost
 
         app.MapGet("/healthz", () => Results.Text("ok"));
         app.MapGet("/readyz", (IImageGenerator g) => g.Ready ? Results.Text("ready") : Results.Text("not ready", statusCode: 503));
+        app.MapInferenceGrpc();
         app.MapMetrics("/metrics", app.Services.GetRequiredService<ServerMetrics>().Registry);
         app.MapOpenAiImages();
         return app;

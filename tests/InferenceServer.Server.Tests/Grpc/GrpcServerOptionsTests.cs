@@ -1,0 +1,93 @@
+using Grpc.Core;
+using Grpc.Health.V1;
+using InferenceServer.Client;
+using InferenceServer.Client.V1;
+using InferenceServer.Tests.Serving;
+using Xunit.Abstractions;
+
+namespace InferenceServer.Tests.Grpc;
+
+/// <summary>gRPC behaviour that depends on server options (API keys, message limits, queue size) or its state (draining): a server each.</summary>
+public sealed class GrpcServerOptionsTests(ITestOutputHelper output)
+{
+    static GenerateRequest Small(string prompt) => new() { Prompt = prompt, Width = 64, Height = 64, Steps = 1 };
+
+    [Fact]
+    public async Task Api_keys_guard_the_image_service_but_not_health_or_reflection()
+    {
+        await using var server = await RunningServer.StartAsync(o => o.ApiKeys = ["k1", "k2"]);
+        using var anonymous = new InferenceClient(server.GrpcAddress);
+        using var wrong = new InferenceClient(server.GrpcAddress, apiKey: "k3");
+        using var right = new InferenceClient(server.GrpcAddress, apiKey: "k2");
+
+        var e = await Assert.ThrowsAsync<RpcException>(() => anonymous.GenerateAsync(Small("no key")));
+        Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
+        Assert.Equal("authorization", e.Trailers.GetValue("field"));
+        e = await Assert.ThrowsAsync<RpcException>(() => anonymous.ListModelsAsync());
+        Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
+        e = await Assert.ThrowsAsync<RpcException>(() => wrong.GenerateAsync(Small("wrong key")));
+        Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
+
+        Assert.Single((await right.GenerateAsync(Small("right key"))).Images);
+        Assert.Single(await right.ListModelsAsync());
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await anonymous.CheckHealthAsync());
+    }
+
+    [Fact]
+    public async Task An_oversized_request_message_is_resource_exhausted()
+    {
+        await using var server = await RunningServer.StartAsync(o => o.Limits.MaxRequestBytes = 1 << 20);
+        using var client = new InferenceClient(server.GrpcAddress);
+        var request = Small("big");
+        request.ReferenceImages.Add(TestImages.Input(new byte[2 << 20]));
+        var e = await Assert.ThrowsAsync<RpcException>(() => client.GenerateAsync(request));
+        output.WriteLine($"{e.StatusCode}: {e.Status.Detail}");
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Equal($"the request message is {request.CalculateSize():N0} bytes; the limit is 1,048,576 bytes (InferenceServer:Limits:MaxRequestBytes)", e.Status.Detail);
+        Assert.Single((await client.GenerateAsync(Small("fits"))).Images);   // the connection and server are fine
+    }
+
+    [Fact]
+    public async Task A_full_queue_is_resource_exhausted_with_retry_after_and_the_client_retries_when_asked()
+    {
+        await using var server = await RunningServer.StartAsync(o =>
+        {
+            o.Queue.MaxQueued = 0;                                    // every request finds the queue full
+            o.Queue.RetryAfter = TimeSpan.FromMilliseconds(300);
+        });
+        using var once = new InferenceClient(server.GrpcAddress);
+        var e = await Assert.ThrowsAsync<RpcException>(() => once.GenerateAsync(Small("full")));
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Equal("1", e.Trailers.GetValue("retry-after"));
+        Assert.Equal("300", e.Trailers.GetValue("grpc-retry-pushback-ms"));
+
+        using var retrying = new InferenceClient(server.GrpcAddress, options: new InferenceClientOptions { EnableRetries = true, MaxAttempts = 3 });
+        e = await Assert.ThrowsAsync<RpcException>(() => retrying.GenerateAsync(Small("full again")));
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+
+        using var http = new HttpClient { BaseAddress = server.HttpBase };
+        string metrics = await http.GetStringAsync("metrics");
+        var line = metrics.Split('\n').Single(l => l.StartsWith("inference_requests_total{", StringComparison.Ordinal) && l.Contains("ResourceExhausted"));
+        output.WriteLine(line);
+        Assert.Equal(4, double.Parse(line[(line.LastIndexOf(' ') + 1)..], System.Globalization.CultureInfo.InvariantCulture));   // 1 + 3 attempts
+    }
+
+    [Fact]
+    public async Task Draining_turns_health_not_serving_and_refuses_with_unavailable()
+    {
+        await using var server = await RunningServer.StartAsync();
+        using var client = new InferenceClient(server.GrpcAddress);
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, await client.CheckHealthAsync());
+        using var watch = client.Health.Watch(new HealthCheckRequest(), deadline: DateTime.UtcNow.AddMinutes(1));
+        Assert.True(await watch.ResponseStream.MoveNext(CancellationToken.None));
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, watch.ResponseStream.Current.Status);
+        server.Scheduler.BeginDrain();
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, await client.CheckHealthAsync());
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, await client.CheckHealthAsync("inference.v1.ImageService"));
+        var e = await Assert.ThrowsAsync<RpcException>(() => client.GenerateAsync(Small("late")));
+        Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+        Assert.NotNull(e.Trailers.GetValue("retry-after"));
+        Assert.True(await watch.ResponseStream.MoveNext(CancellationToken.None));
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.NotServing, watch.ResponseStream.Current.Status);
+    }
+}
