@@ -1,4 +1,5 @@
 using InferenceServer.Models.Flux2;
+using InferenceServer.Models.Runtime;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Pipeline.Flux2;
@@ -19,9 +20,31 @@ public sealed record DenoiseStep(int Index, int Count, float TCurr, float TPrev,
 /// Euler flow-matching loops (BFL <c>denoise</c>, <c>denoise_cfg</c>). Reference tokens are appended after the image
 /// tokens and only the image tokens' prediction is used. Latents stay float32 whatever the model dtype; each step
 /// runs in its own dispose scope, and the cancellation token is checked before every step and after the callback.
+/// <para>Device: every input is moved to the model's device once, before the first step (host tensors bound for CUDA
+/// through pinned memory, without blocking); the result stays there. The loop itself makes no host synchronisation:
+/// no <c>item()</c>, no copy to the host, timesteps are host floats; on CUDA the host only queues kernels.</para>
 /// </summary>
 public static class FlowSampler
 {
+    static readonly AsyncLocal<bool> synchronizeSteps = new();
+
+    /// <summary>
+    /// For benchmarks: while the returned scope is open (on this thread / async flow), each step ends with a device
+    /// synchronisation before the step callback, so wall-clock step timings measure the step, not its queueing. Off by
+    /// default: serving never waits on the device inside the loop. No effect on the CPU.
+    /// </summary>
+    public static IDisposable SynchronizeEachStep()
+    {
+        bool before = synchronizeSteps.Value;
+        synchronizeSteps.Value = true;
+        return new Restore(() => synchronizeSteps.Value = before);
+    }
+
+    sealed class Restore(Action restore) : IDisposable
+    {
+        public void Dispose() => restore();
+    }
+
     /// <summary>Guidance-distilled sampling (klein): one model call per step.</summary>
     /// <param name="img">[B, L_img, C] initial noise tokens (not modified, not disposed).</param>
     /// <param name="imgIds">[B, L_img, 4]</param>
@@ -36,7 +59,11 @@ public static class FlowSampler
         float guidance, Tensor? refTokens = null, Tensor? refIds = null, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default)
     {
         CheckRefs(refTokens, refIds);
-        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) =>
+        using var inputs = NewDisposeScope();
+        var dev = model.Device;
+        (imgIds, txt, txtIds) = (ComputeDevice.Upload(imgIds, dev), ComputeDevice.Upload(txt, dev), ComputeDevice.Upload(txtIds, dev));
+        (refTokens, refIds) = (refTokens is null ? null : ComputeDevice.Upload(refTokens, dev), refIds is null ? null : ComputeDevice.Upload(refIds, dev));
+        return Loop(img, dev, timesteps, onStep, cancellationToken, (x, tCurr) =>
         {
             long b = x.shape[0];
             var tVec = full(b, tCurr, ScalarType.Float32, x.device);
@@ -55,7 +82,11 @@ public static class FlowSampler
     {
         CheckRefs(refTokens, refIds);
         if (txt.shape[0] != 2 * img.shape[0]) throw new ArgumentException($"txt [{string.Join(", ", txt.shape)}] must hold [uncond; cond] for the {img.shape[0]} image(s) of img [{string.Join(", ", img.shape)}]", nameof(txt));
-        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) =>
+        using var inputs = NewDisposeScope();
+        var dev = model.Device;
+        (imgIds, txt, txtIds) = (ComputeDevice.Upload(imgIds, dev), ComputeDevice.Upload(txt, dev), ComputeDevice.Upload(txtIds, dev));
+        (refTokens, refIds) = (refTokens is null ? null : ComputeDevice.Upload(refTokens, dev), refIds is null ? null : ComputeDevice.Upload(refIds, dev));
+        return Loop(img, dev, timesteps, onStep, cancellationToken, (x, tCurr) =>
         {
             var x2 = cat([x, x], 0);
             var ids2 = cat([imgIds, imgIds], 0);
@@ -68,10 +99,11 @@ public static class FlowSampler
         });
     }
 
-    static Tensor Loop(Tensor img, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct, Func<Tensor, float, Tensor> velocity)
+    static Tensor Loop(Tensor img, Device device, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct, Func<Tensor, float, Tensor> velocity)
     {
         if (timesteps.Count < 2) throw new ArgumentException($"need at least 2 timesteps, got {timesteps.Count}", nameof(timesteps));
-        var x = img.to(ScalarType.Float32);
+        bool sync = synchronizeSteps.Value;
+        var x = ComputeDevice.Upload(img, device, ScalarType.Float32); // [B, L_img, C] f32 on the model's device
         bool owned = !ReferenceEquals(x, img) && x.Handle != img.Handle;
         for (int i = 0; i < timesteps.Count - 1; i++)
         {
@@ -81,6 +113,7 @@ public static class FlowSampler
             {
                 var pred = velocity(x, tCurr).to(ScalarType.Float32);           // [B, L_img, C]
                 var next = x + pred * ((double)tPrev - tCurr);                  // Python float step on a float32 tensor
+                if (sync) ComputeDevice.Synchronize(device);
                 onStep?.Invoke(new DenoiseStep(i, timesteps.Count - 1, tCurr, tPrev, next, pred));
                 next.MoveToOuterDisposeScope();
                 if (owned) x.Dispose();
@@ -89,7 +122,7 @@ public static class FlowSampler
             }
             ct.ThrowIfCancellationRequested();
         }
-        return owned ? x : x.clone();
+        return (owned ? x : x.clone()).MoveToOuterDisposeScope();
     }
 
     static (Tensor X, Tensor Ids) WithRefs(Tensor x, Tensor ids, Tensor? refTokens, Tensor? refIds)

@@ -18,5 +18,6 @@ public static class CommandLine
         yield return RandomCheckpointCommand.Create();
         yield return GenerateCommand.Create("generate");
         yield return GenerateCommand.Create("edit");
+        yield return BenchCommand.Create();
     }
 }
