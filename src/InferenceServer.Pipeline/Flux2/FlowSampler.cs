@@ -59,10 +59,9 @@ public static class FlowSampler
         float guidance, Tensor? refTokens = null, Tensor? refIds = null, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default)
     {
         CheckRefs(refTokens, refIds);
-        using var inputs = NewDisposeScope();
         var dev = model.Device;
-        (imgIds, txt, txtIds) = (ComputeDevice.Upload(imgIds, dev), ComputeDevice.Upload(txt, dev), ComputeDevice.Upload(txtIds, dev));
-        (refTokens, refIds) = (refTokens is null ? null : ComputeDevice.Upload(refTokens, dev), refIds is null ? null : ComputeDevice.Upload(refIds, dev));
+        using var inputs = new Uploaded(dev);
+        (imgIds, txt, txtIds, refTokens, refIds) = (inputs.Add(imgIds)!, inputs.Add(txt)!, inputs.Add(txtIds)!, inputs.Add(refTokens), inputs.Add(refIds));
         return Loop(img, dev, timesteps, onStep, cancellationToken, (x, tCurr) =>
         {
             long b = x.shape[0];
@@ -82,10 +81,9 @@ public static class FlowSampler
     {
         CheckRefs(refTokens, refIds);
         if (txt.shape[0] != 2 * img.shape[0]) throw new ArgumentException($"txt [{string.Join(", ", txt.shape)}] must hold [uncond; cond] for the {img.shape[0]} image(s) of img [{string.Join(", ", img.shape)}]", nameof(txt));
-        using var inputs = NewDisposeScope();
         var dev = model.Device;
-        (imgIds, txt, txtIds) = (ComputeDevice.Upload(imgIds, dev), ComputeDevice.Upload(txt, dev), ComputeDevice.Upload(txtIds, dev));
-        (refTokens, refIds) = (refTokens is null ? null : ComputeDevice.Upload(refTokens, dev), refIds is null ? null : ComputeDevice.Upload(refIds, dev));
+        using var inputs = new Uploaded(dev);
+        (imgIds, txt, txtIds, refTokens, refIds) = (inputs.Add(imgIds)!, inputs.Add(txt)!, inputs.Add(txtIds)!, inputs.Add(refTokens), inputs.Add(refIds));
         return Loop(img, dev, timesteps, onStep, cancellationToken, (x, tCurr) =>
         {
             var x2 = cat([x, x], 0);
@@ -122,7 +120,29 @@ public static class FlowSampler
             }
             ct.ThrowIfCancellationRequested();
         }
-        return (owned ? x : x.clone()).MoveToOuterDisposeScope();
+        return owned ? x : x.clone();
+    }
+
+    /// <summary>
+    /// The inputs moved to the model's device for one loop, disposed when it ends. Not a dispose scope: a step callback may
+    /// move its clones to the caller's scope, and a scope here would catch them.
+    /// </summary>
+    sealed class Uploaded(Device device) : IDisposable
+    {
+        readonly List<Tensor> tensors = [];
+
+        public Tensor? Add(Tensor? t)
+        {
+            if (t is null) return null;
+            var u = ComputeDevice.Upload(t, device);
+            tensors.Add(u);
+            return u;
+        }
+
+        public void Dispose()
+        {
+            foreach (var t in tensors) t.Dispose();
+        }
     }
 
     static (Tensor X, Tensor Ids) WithRefs(Tensor x, Tensor ids, Tensor? refTokens, Tensor? refIds)
