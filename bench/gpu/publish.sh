@@ -34,6 +34,9 @@ fi
 if ls "$out"/libtorch*.so "$out"/libc10*.so >/dev/null 2>&1; then
   echo "publish.sh: a libtorch was bundled (TorchBackend=none should prevent that):" >&2; ls "$out"/libtorch*.so "$out"/libc10*.so >&2; exit 1
 fi
+# Runtime files a headless run never loads: the debugger and crash-dump support (DAC, DBI, createdump), the
+# standalone GC variants (only with DOTNET_GCName) and the LTTng trace provider (optional at start).
+rm -f "$out"/libmscordaccore.so "$out"/libmscordbi.so "$out"/createdump "$out"/libclrgc.so "$out"/libclrgcexp.so "$out"/libcoreclrtraceptprovider.so
 cp "$root/bench/gpu/run.sh" "$out/run.sh"
 
 bytes=$(du -sb "$out" | cut -f1)

@@ -6,7 +6,7 @@
 #   bench-*.json  one `inference-server bench` per size x batch x dtype; bench-*.log its console output
 # Knobs (environment): SIZES ("1024x1024 2048x2048"), BATCHES ("1 4"), DTYPES ("bf16 fp8"), STEPS (4), RUNS (3),
 # WARMUP (1), MODEL (a model folder; default: a klein-4B random checkpoint written to $WORK/klein-4b once),
-# WORK (/tmp/inference-bench), TIMEOUT (seconds per bench, 540).
+# WORK (/tmp/inference-bench), TIMEOUT (seconds per bench, 540), DEVICE (cuda; cpu for a dry run of this script).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 APP=${APP:-$here}
@@ -21,6 +21,7 @@ STEPS=${STEPS:-4}
 RUNS=${RUNS:-3}
 WARMUP=${WARMUP:-1}
 TIMEOUT=${TIMEOUT:-540}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT" "$WORK"
 t0=$(date +%s)
 say() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/run.txt"; }
@@ -40,7 +41,7 @@ say "torch lib: $TORCH_LIB; $(head -1 "$OUT/env.txt")"
 bridge="$APP/libLibTorchSharp.so"
 LD_LIBRARY_PATH="$TORCH_LIB" ldd -r "$bridge" > "$OUT/ldd.txt" 2>&1
 undefined=$(grep -c 'undefined symbol' "$OUT/ldd.txt")
-missing_libs=$(grep -c 'not found' "$OUT/ldd.txt")
+missing_libs=$(grep -c '=> not found' "$OUT/ldd.txt")
 versions=$(grep -o "version \`[^']*' not found" "$OUT/ldd.txt" | sort -u | tr '\n' ' ')
 {
   echo "---"
@@ -74,7 +75,7 @@ for dtype in $DTYPES; do
       name="bench-$size-b$batch-$dtype"
       say "$name"
       timeout "$TIMEOUT" "$APP/inference-server" bench --model "$MODEL" --size "$size" --steps "$STEPS" --batch "$batch" --dtype "$dtype" \
-        --runs "$RUNS" --warmup "$WARMUP" --device cuda --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+        --runs "$RUNS" --warmup "$WARMUP" --device "$DEVICE" --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
       rc=$?
       if [ $rc -ne 0 ]; then
         if grep -q "not available in this build" "$OUT/$name.log"; then
