@@ -13,8 +13,8 @@ public static class ComputeDevice
     public static readonly string[] Names = ["auto", "cpu", "cuda"];
 
     /// <summary>
-    /// <c>cpu</c>; <c>cuda</c> / <c>cuda:N</c> (loads libtorch's CUDA backend, fails with its load trace when there is
-    /// none); <c>auto</c>: CUDA device 0 when libtorch's CUDA backend loads and sees a device, else the CPU.
+    /// <c>cpu</c>; <c>cuda</c> / <c>cuda:N</c> (loads libtorch's CUDA backend; an <see cref="ArgumentException"/> saying how to
+    /// provide one when there is none); <c>auto</c>: CUDA device 0 when libtorch's CUDA backend loads and sees a device, else the CPU.
     /// Initialises libtorch (<see cref="TorchRuntime.EnsureInitialized"/>) first.
     /// </summary>
     public static Device Resolve(string name)
@@ -25,7 +25,8 @@ public static class ComputeDevice
         if (n == "auto") return TorchRuntime.TryInitializeCuda() ? CUDA : CPU;
         if (n == "cuda" || n.StartsWith("cuda:", StringComparison.Ordinal))
         {
-            TorchRuntime.InitializeCuda();
+            try { TorchRuntime.InitializeCuda(); }
+            catch (InvalidOperationException e) { throw new ArgumentException($"device '{name}': {e.Message}", e); } // the caller's choice, not a bug
             return new Device(n);
         }
         throw new ArgumentException($"device '{name}': expected auto, cpu, cuda or cuda:N");
@@ -38,6 +39,34 @@ public static class ComputeDevice
     public static void Synchronize(Device device)
     {
         if (IsCuda(device)) cuda.synchronize(device);
+    }
+
+    static readonly AsyncLocal<bool> timing = new();
+
+    /// <summary>
+    /// For benchmarks: while the returned scope is open (on this thread / async flow), <see cref="SyncForTiming"/> waits
+    /// for the device, so wall-clock stage and step timings measure the work, not its queueing. Off by default: serving
+    /// never waits on the device inside the step loop. No effect on the CPU.
+    /// </summary>
+    public static IDisposable SynchronizedTiming()
+    {
+        bool before = timing.Value;
+        timing.Value = true;
+        return new Restore(() => timing.Value = before);
+    }
+
+    /// <summary>True inside <see cref="SynchronizedTiming"/>.</summary>
+    public static bool TimingSynchronized => timing.Value;
+
+    /// <summary>Call where a timing is taken: synchronises <paramref name="device"/> inside <see cref="SynchronizedTiming"/>, does nothing otherwise.</summary>
+    public static void SyncForTiming(Device device)
+    {
+        if (timing.Value) Synchronize(device);
+    }
+
+    sealed class Restore(Action restore) : IDisposable
+    {
+        public void Dispose() => restore();
     }
 
     /// <summary>

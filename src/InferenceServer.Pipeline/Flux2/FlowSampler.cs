@@ -26,24 +26,11 @@ public sealed record DenoiseStep(int Index, int Count, float TCurr, float TPrev,
 /// </summary>
 public static class FlowSampler
 {
-    static readonly AsyncLocal<bool> synchronizeSteps = new();
-
     /// <summary>
-    /// For benchmarks: while the returned scope is open (on this thread / async flow), each step ends with a device
-    /// synchronisation before the step callback, so wall-clock step timings measure the step, not its queueing. Off by
-    /// default: serving never waits on the device inside the loop. No effect on the CPU.
+    /// For benchmarks: while the returned scope is open, each step ends with a device synchronisation before the step
+    /// callback, so wall-clock step timings measure the step (<see cref="ComputeDevice.SynchronizedTiming"/>).
     /// </summary>
-    public static IDisposable SynchronizeEachStep()
-    {
-        bool before = synchronizeSteps.Value;
-        synchronizeSteps.Value = true;
-        return new Restore(() => synchronizeSteps.Value = before);
-    }
-
-    sealed class Restore(Action restore) : IDisposable
-    {
-        public void Dispose() => restore();
-    }
+    public static IDisposable SynchronizeEachStep() => ComputeDevice.SynchronizedTiming();
 
     /// <summary>Guidance-distilled sampling (klein): one model call per step.</summary>
     /// <param name="img">[B, L_img, C] initial noise tokens (not modified, not disposed).</param>
@@ -100,7 +87,6 @@ public static class FlowSampler
     static Tensor Loop(Tensor img, Device device, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct, Func<Tensor, float, Tensor> velocity)
     {
         if (timesteps.Count < 2) throw new ArgumentException($"need at least 2 timesteps, got {timesteps.Count}", nameof(timesteps));
-        bool sync = synchronizeSteps.Value;
         var x = ComputeDevice.Upload(img, device, ScalarType.Float32); // [B, L_img, C] f32 on the model's device
         bool owned = !ReferenceEquals(x, img) && x.Handle != img.Handle;
         for (int i = 0; i < timesteps.Count - 1; i++)
@@ -111,7 +97,7 @@ public static class FlowSampler
             {
                 var pred = velocity(x, tCurr).to(ScalarType.Float32);           // [B, L_img, C]
                 var next = x + pred * ((double)tPrev - tCurr);                  // Python float step on a float32 tensor
-                if (sync) ComputeDevice.Synchronize(device);
+                ComputeDevice.SyncForTiming(device);                            // benchmarks only; no-op otherwise
                 onStep?.Invoke(new DenoiseStep(i, timesteps.Count - 1, tCurr, tPrev, next, pred));
                 next.MoveToOuterDisposeScope();
                 if (owned) x.Dispose();

@@ -5,7 +5,6 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using InferenceServer.Models.Flux2;
 using InferenceServer.Models.Runtime;
-using InferenceServer.Pipeline.Flux2;
 using InferenceServer.Pipeline.Generation;
 using Spectre.Console;
 using static TorchSharp.torch;
@@ -24,9 +23,10 @@ namespace InferenceServer.Server.Cli;
 /// times steps x images; achieved = that / the summed <c>denoise*</c> stage time.</item>
 /// <item>Each run uses a distinct prompt (the prompt plus " #k"), so the text encoder runs every time (same padded length,
 /// same cost) instead of hitting the prompt cache; seeds are fixed (run k: seed k), so runs are repeatable.</item>
-/// <item>On CUDA the sampler synchronises after each step while benchmarking (<see cref="FlowSampler.SynchronizeEachStep"/>),
+/// <item>Runs happen inside <see cref="ComputeDevice.SynchronizedTiming"/>: on CUDA the sampler synchronises after each step
 /// and the device is synchronised at the end of each run, so step times and the run's wall time are true. The pipeline's
-/// other stage boundaries do not synchronise: a GPU stage's tail (text encode) can land in the next stage (step 0).</item>
+/// other stage boundaries do not synchronise yet (its Stage() would call <see cref="ComputeDevice.SyncForTiming"/>): a GPU
+/// stage's tail (text encode) can land in the next stage (step 0).</item>
 /// </list>
 /// <c>--batch B</c> asks for B images in one request (<c>n = B</c>). Bad input: exit code 2 and one line on stderr.
 /// </summary>
@@ -63,7 +63,7 @@ internal static class BenchCommand
                     r.GetValue(warmup), r.GetValue(device)!, r.GetValue(json), r.GetValue(prompt)!, r.GetValue(peak));
                 return Run(s);
             }
-            catch (Exception e) when (e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or InvalidOperationException)
+            catch (Exception e) when (e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException)
             {
                 err.WriteLine($"error: {e.Message.ReplaceLineEndings(" ")}");
                 return 2;
@@ -141,7 +141,7 @@ internal static class BenchCommand
         ComputeDevice.Synchronize(device);
         var sw = Stopwatch.StartNew();
         GenerationResult result;
-        using (FlowSampler.SynchronizeEachStep())
+        using (ComputeDevice.SynchronizedTiming())
             result = pipeline.Generate(request);
         ComputeDevice.Synchronize(device);
         return (result, sw.Elapsed.TotalMilliseconds);

@@ -17,7 +17,7 @@ public class ComputeDeviceTests
         Assert.Throws<ArgumentException>(() => ComputeDevice.Resolve("tpu"));
         if (!TorchRuntime.TryInitializeCuda())
         {
-            var e = Assert.Throws<InvalidOperationException>(() => ComputeDevice.Resolve("cuda"));
+            var e = Assert.Throws<ArgumentException>(() => ComputeDevice.Resolve("cuda"));
             Assert.Contains("LD_LIBRARY_PATH", e.Message);
         }
     }
