@@ -11,7 +11,8 @@ namespace InferenceServer.Benchmarks;
 /// tokens) + 512 text tokens, random weights built in memory, FP32 and BF16. The environment variables
 /// FLUX2_BENCH_DTYPES (default "bf16,fp32"), FLUX2_BENCH_CARD (default flux2-klein-4b), FLUX2_BENCH_DEPTH and FLUX2_BENCH_SINGLE (block counts; default the
 /// card's) allow a reduced-depth run of the same widths when memory is short; per-block cost then extrapolates.
-/// Peak RSS (VmHWM, reset before each iteration) is printed at cleanup.
+/// Peak RSS (VmHWM, reset before each iteration) is printed at cleanup. Device: BENCH_DEVICE (auto: CUDA when present, see
+/// <see cref="Blocks.BenchDevice"/>); on CUDA each step ends with a device synchronise.
 /// Run: dotnet run -c Release --project bench/InferenceServer.Benchmarks -- --filter '*Flux2Step*'
 /// </summary>
 [MemoryDiagnoser(false)]
@@ -35,12 +36,13 @@ public class Flux2StepBenchmarks
         var cfg = ModelCards.Load(Environment.GetEnvironmentVariable("FLUX2_BENCH_CARD") ?? "flux2-klein-4b").Transformer;
         if (int.TryParse(Environment.GetEnvironmentVariable("FLUX2_BENCH_DEPTH"), out int d)) cfg = cfg with { Depth = d };
         if (int.TryParse(Environment.GetEnvironmentVariable("FLUX2_BENCH_SINGLE"), out int s)) cfg = cfg with { DepthSingleBlocks = s };
-        model = new Flux2Transformer(cfg, dtype: DType); // built directly in DType: no FP32 copy of a BF16 model
-        (x, xIds) = Flux2Packing.BatchedPrcImg(randn(1, cfg.InChannels, 16, 16));
-        (ctx, ctxIds) = Flux2Packing.BatchedPrcTxt(randn(1, 512, cfg.ContextInDim));
-        t = full(1, 0.9f);
+        var dev = Blocks.BenchDevice.Device;
+        model = new Flux2Transformer(cfg, device: dev, dtype: DType); // built directly in DType on the device: no FP32 copy of a BF16 model
+        (x, xIds) = Flux2Packing.BatchedPrcImg(randn(1, cfg.InChannels, 16, 16, device: dev));
+        (ctx, ctxIds) = Flux2Packing.BatchedPrcTxt(randn(1, 512, cfg.ContextInDim, device: dev));
+        t = full(1, 0.9f, device: dev);
         Console.WriteLine($"// FLUX.2 step benchmark: {cfg.Depth} double + {cfg.DepthSingleBlocks} single blocks, hidden {cfg.HiddenSize}, " +
-            $"{Flux2Specs.ParameterCount(cfg):N0} parameters, {DType}, {x.shape[1]} image + {ctx.shape[1]} text tokens, torch threads {get_num_threads()}");
+            $"{Flux2Specs.ParameterCount(cfg):N0} parameters, {DType}, {x.shape[1]} image + {ctx.shape[1]} text tokens, torch threads {get_num_threads()}, device {dev}");
     }
 
     [IterationSetup]
@@ -51,6 +53,7 @@ public class Flux2StepBenchmarks
     {
         using var scope = NewDisposeScope();
         model!.Forward(x!, xIds!, t!, ctx!, ctxIds!);
+        Blocks.BenchDevice.Sync();
         peakRss = Math.Max(peakRss, ReadStatusKb("VmHWM"));
     }
 

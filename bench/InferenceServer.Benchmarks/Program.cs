@@ -9,7 +9,9 @@ using InferenceServer.Models.Runtime;
 TorchRuntime.EnsureInitialized();
 if (args is ["profile", ..]) { InferenceServer.Benchmarks.Flux2StepProfile.Run(args); return; }
 if (args is ["vae-memory", .. var probeArgs]) { InferenceServer.Benchmarks.VaeMemoryProbe.Run(probeArgs); return; }
-var config = DefaultConfig.Instance
-    .AddJob(Job.Default.WithToolchain(new InProcessEmitToolchain(TimeSpan.FromHours(2), logOutput: true))) // a full-size DiT step takes minutes
+// A job given on the command line (e.g. `--job Dry --inProcess` for a quick check) replaces the default one.
+bool jobGiven = args.Any(a => a is "--job" or "-j");
+var config = (jobGiven ? DefaultConfig.Instance
+        : DefaultConfig.Instance.AddJob(Job.Default.WithToolchain(new InProcessEmitToolchain(TimeSpan.FromHours(2), logOutput: true)))) // a full-size DiT step takes minutes
     .WithOptions(ConfigOptions.DisableOptimizationsValidator);
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);

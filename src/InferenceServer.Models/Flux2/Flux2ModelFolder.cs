@@ -96,15 +96,18 @@ public static class Flux2ModelFolder
     public static Qwen3Config TextEncoderConfig(Flux2ModelCard card) => Qwen3Config.Load(Path.Combine(ModelCards.Directory, "text-encoders", card.TextEncoder + ".json"));
 
     /// <summary>
-    /// Loads every component in <paramref name="dtype"/> (bfloat16 or float32; the VAE's BatchNorm statistics stay float32).
+    /// Loads every component in <paramref name="dtype"/> (bfloat16 or float32; the VAE's BatchNorm statistics stay float32)
+    /// on <paramref name="device"/> (default the CPU). The transformer and the text encoder are built on the device and each
+    /// tensor is copied there as it is read (no whole CPU copy of the model); the small VAE is loaded on the CPU and moved.
     /// Strict: a missing file names the file; a missing, unexpected or mis-shaped tensor names the tensor.
     /// </summary>
-    public static Flux2Model Load(string dir, ScalarType dtype = ScalarType.BFloat16)
+    public static Flux2Model Load(string dir, ScalarType dtype = ScalarType.BFloat16, Device? device = null)
     {
         dir = Path.GetFullPath(dir);
+        device ??= CPU;
         var layout = DetectLayout(dir);
         var card = DetectCard(dir);
-        var report = new List<string> { $"folder {dir}: layout {layout.ToString().ToLowerInvariant()}, model card {card.Name}, dtype {dtype}" };
+        var report = new List<string> { $"folder {dir}: layout {layout.ToString().ToLowerInvariant()}, model card {card.Name}, dtype {dtype}, device {device}" };
         string tPath = TransformerPath(dir, layout);
         string vaePath = layout == Flux2Layout.Bfl ? Require(Path.Combine(dir, AeFile), folder: false) : Require(Path.Combine(dir, "vae"), folder: true);
         string tePath = Require(Path.Combine(dir, "text_encoder"), folder: true);
@@ -115,7 +118,7 @@ public static class Flux2ModelFolder
         Qwen3TextEncoder? encoder = null;
         try
         {
-            transformer = new Flux2Transformer(card.Transformer, dtype: dtype);
+            transformer = new Flux2Transformer(card.Transformer, device: device, dtype: dtype);
             var r = Named(tPath, () => Flux2Checkpoint.Load(transformer, tPath, strict: true, dtype: dtype));
             report.Add($"transformer {Rel(dir, tPath)}: {r.Loaded} tensors");
 
@@ -127,13 +130,13 @@ public static class Flux2ModelFolder
                 r = r with { Missing = r.Missing.Where(m => m != "bn.num_batches_tracked").ToList() };
                 r.ThrowIfNotClean(vaePath);
             }
-            vae.To(dtype);
+            vae.To(dtype, device.type == DeviceType.CPU ? null : device);
             report.Add($"vae {Rel(dir, vaePath)}: {r.Loaded} tensors ({card.Vae})");
 
             var teConfig = TextEncoderConfig(card);
             string hfConfig = Path.Combine(tePath, "config.json");
             if (File.Exists(hfConfig)) teConfig = Qwen3Config.FromHfConfig(hfConfig, teConfig);
-            encoder = Named(tePath, () => Qwen3TextEncoder.Load(tePath, teConfig, dtype));
+            encoder = Named(tePath, () => Qwen3TextEncoder.Load(tePath, teConfig, dtype, device));
             report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {encoder.Depth} layers built");
 
             var tokenizer = Qwen3Tokenizer.Load(tokPath);
@@ -186,6 +189,8 @@ public sealed class Flux2Model(string directory, Flux2Layout layout, Flux2ModelC
     public Qwen3TextEncoder TextEncoder { get; } = textEncoder;
     public Qwen3Tokenizer Tokenizer { get; } = tokenizer;
     public ScalarType DType { get; } = dtype;
+    /// <summary>Where the components live (the transformer's device).</summary>
+    public Device Device => Transformer.Device;
     /// <summary>One line per component: what was loaded from where.</summary>
     public IReadOnlyList<string> LoadReport { get; } = report;
 

@@ -75,6 +75,11 @@ public sealed class Flux2Transformer : Module
         using var scope = NewDisposeScope();
         var c = Config;
         var dt = DType;
+        var dev = Device;
+        // Inputs may come from the host (ids, timesteps, the sampler's first latents): each is moved once per call; on the
+        // module's own device this is an alias, so the CPU path is unchanged.
+        (xIds, ctxIds, timesteps) = (xIds.to(dev), ctxIds.to(dev), timesteps.to(dev));
+        guidance = guidance?.to(dev);
         void Trace(string name, Tensor t) { if (trace is not null) trace[name] = t.detach().to(ScalarType.Float32).clone().DetachFromDisposeScope(); }
 
         var temb = Flux2Math.TimestepEmbedding(timesteps, c.TimestepEmbedDim, c.MaxPeriod, c.TimeFactor); // [B, 256] f32
@@ -99,8 +104,8 @@ public sealed class Flux2Transformer : Module
         var modTxt = double_stream_modulation_txt.Chunks(modTxtRaw);       // 6 x [B, 1, hidden]
         var modSingle = single_stream_modulation.Chunks(modSingleRaw);     // 3 x [B, 1, hidden]
 
-        var img = img_in.forward(x.to(dt));     // [B, Li, hidden]
-        var txt = txt_in.forward(ctx.to(dt));   // [B, Lt, hidden]
+        var img = img_in.forward(x.to(dt, dev));     // [B, Li, hidden]
+        var txt = txt_in.forward(ctx.to(dt, dev));   // [B, Lt, hidden]
         Trace("img_in_out", img);
         Trace("txt_in_out", txt);
         var peX = Flux2Math.RopeTable(xIds, c.AxesDim, c.Theta);     // [B, 1, Li, D/2, 2, 2] f32

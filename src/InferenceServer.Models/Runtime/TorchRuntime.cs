@@ -24,17 +24,57 @@ public static class TorchRuntime
         lock (Gate)
         {
             if (initialized) return;
-            if (OperatingSystem.IsLinux())
-            {
-                string dir = Path.GetDirectoryName(typeof(torch).Assembly.Location) ?? AppContext.BaseDirectory;
-                string bridge = Path.Combine(dir, BridgeFileName);
-                string? libstdcxx = FindSystemLibstdcxx();
-                if (File.Exists(bridge) && libstdcxx is not null)
-                    PatchedVersions = RelaxMissingLibstdcxxVersions(bridge, libstdcxx);
-            }
+            PatchBridgeOnce();
             torch.InitializeDeviceType(DeviceType.CPU);
             initialized = true;
         }
+    }
+
+    static bool bridgeChecked;
+    static bool? cuda;
+
+    /// <summary>
+    /// Loads libtorch's CUDA backend (after the bridge check of <see cref="EnsureInitialized"/>) and says whether a CUDA
+    /// device is usable; false, not an error, on a CPU-only libtorch or a machine without a GPU. Tried once per process.
+    /// TorchSharp finds <c>libtorch_cuda.so</c> by name (dlopen: the application folder, then <c>LD_LIBRARY_PATH</c>);
+    /// a PyTorch install's <c>torch/lib</c> on <c>LD_LIBRARY_PATH</c> serves (see bench/gpu/README.md).
+    /// </summary>
+    public static bool TryInitializeCuda()
+    {
+        lock (Gate)
+        {
+            if (cuda is { } known) return known;
+            PatchBridgeOnce();
+            bool ok;
+            try { ok = torch.TryInitializeDeviceType(DeviceType.CUDA); }
+            catch (Exception e) when (e is NotSupportedException or InvalidOperationException or DllNotFoundException) { ok = false; }
+            cuda = ok;
+            return ok;
+        }
+    }
+
+    /// <summary>Like <see cref="TryInitializeCuda"/>, but a missing CUDA backend is an error carrying TorchSharp's load trace.</summary>
+    public static void InitializeCuda()
+    {
+        if (TryInitializeCuda()) return;
+        throw new InvalidOperationException(
+            "CUDA is not available: the loaded libtorch has no CUDA backend (libtorch_cuda.so) or sees no GPU. Put a CUDA libtorch " +
+            "(e.g. a PyTorch install's torch/lib) on LD_LIBRARY_PATH, or use --device cpu. LD_LIBRARY_PATH=" +
+            (Environment.GetEnvironmentVariable("LD_LIBRARY_PATH") ?? "(unset)"));
+    }
+
+    static void PatchBridgeOnce()
+    {
+        if (bridgeChecked) return;
+        if (OperatingSystem.IsLinux())
+        {
+            string dir = Path.GetDirectoryName(typeof(torch).Assembly.Location) ?? AppContext.BaseDirectory;
+            string bridge = Path.Combine(dir, BridgeFileName);
+            string? libstdcxx = FindSystemLibstdcxx();
+            if (File.Exists(bridge) && libstdcxx is not null)
+                PatchedVersions = RelaxMissingLibstdcxxVersions(bridge, libstdcxx);
+        }
+        bridgeChecked = true;
     }
 
     /// <summary>

@@ -1,4 +1,5 @@
 using InferenceServer.Models.Flux2;
+using InferenceServer.Models.Runtime;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Pipeline.Flux2;
@@ -19,9 +20,18 @@ public sealed record DenoiseStep(int Index, int Count, float TCurr, float TPrev,
 /// Euler flow-matching loops (BFL <c>denoise</c>, <c>denoise_cfg</c>). Reference tokens are appended after the image
 /// tokens and only the image tokens' prediction is used. Latents stay float32 whatever the model dtype; each step
 /// runs in its own dispose scope, and the cancellation token is checked before every step and after the callback.
+/// <para>Device: every input is moved to the model's device once, before the first step (host tensors bound for CUDA
+/// through pinned memory, without blocking); the result stays there. The loop itself makes no host synchronisation:
+/// no <c>item()</c>, no copy to the host, timesteps are host floats; on CUDA the host only queues kernels.</para>
 /// </summary>
 public static class FlowSampler
 {
+    /// <summary>
+    /// For benchmarks: while the returned scope is open, each step ends with a device synchronisation before the step
+    /// callback, so wall-clock step timings measure the step (<see cref="ComputeDevice.SynchronizedTiming"/>).
+    /// </summary>
+    public static IDisposable SynchronizeEachStep() => ComputeDevice.SynchronizedTiming();
+
     /// <summary>Guidance-distilled sampling (klein): one model call per step.</summary>
     /// <param name="img">[B, L_img, C] initial noise tokens (not modified, not disposed).</param>
     /// <param name="imgIds">[B, L_img, 4]</param>
@@ -36,7 +46,10 @@ public static class FlowSampler
         float guidance, Tensor? refTokens = null, Tensor? refIds = null, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default)
     {
         CheckRefs(refTokens, refIds);
-        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) => Velocity(model, cfg: false, x, imgIds, txt, txtIds, tCurr, guidance, refTokens, refIds));
+        var dev = model.Device;
+        using var inputs = new Uploaded(dev);
+        (imgIds, txt, txtIds, refTokens, refIds) = (inputs.Add(imgIds)!, inputs.Add(txt)!, inputs.Add(txtIds)!, inputs.Add(refTokens), inputs.Add(refIds));
+        return Loop(img, dev, timesteps, onStep, cancellationToken, (x, tCurr) => Velocity(model, cfg: false, x, imgIds, txt, txtIds, tCurr, guidance, refTokens, refIds));
     }
 
     /// <summary>
@@ -48,7 +61,10 @@ public static class FlowSampler
     {
         CheckRefs(refTokens, refIds);
         if (txt.shape[0] != 2 * img.shape[0]) throw new ArgumentException($"txt [{string.Join(", ", txt.shape)}] must hold [uncond; cond] for the {img.shape[0]} image(s) of img [{string.Join(", ", img.shape)}]", nameof(txt));
-        return Loop(img, timesteps, onStep, cancellationToken, (x, tCurr) => Velocity(model, cfg: true, x, imgIds, txt, txtIds, tCurr, guidance, refTokens, refIds));
+        var dev = model.Device;
+        using var inputs = new Uploaded(dev);
+        (imgIds, txt, txtIds, refTokens, refIds) = (inputs.Add(imgIds)!, inputs.Add(txt)!, inputs.Add(txtIds)!, inputs.Add(refTokens), inputs.Add(refIds));
+        return Loop(img, dev, timesteps, onStep, cancellationToken, (x, tCurr) => Velocity(model, cfg: true, x, imgIds, txt, txtIds, tCurr, guidance, refTokens, refIds));
     }
 
     /// <summary>
@@ -85,10 +101,10 @@ public static class FlowSampler
     /// <summary>The Euler update <c>x + (t_prev - t_curr) v</c> (Python float step on a float32 tensor, as BFL).</summary>
     public static Tensor EulerStep(Tensor x, Tensor velocity, float tCurr, float tPrev) => x + velocity * ((double)tPrev - tCurr);
 
-    static Tensor Loop(Tensor img, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct, Func<Tensor, float, Tensor> velocity)
+    static Tensor Loop(Tensor img, Device device, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct, Func<Tensor, float, Tensor> velocity)
     {
         if (timesteps.Count < 2) throw new ArgumentException($"need at least 2 timesteps, got {timesteps.Count}", nameof(timesteps));
-        var x = img.to(ScalarType.Float32);
+        var x = ComputeDevice.Upload(img, device, ScalarType.Float32); // [B, L_img, C] f32 on the model's device
         bool owned = !ReferenceEquals(x, img) && x.Handle != img.Handle;
         for (int i = 0; i < timesteps.Count - 1; i++)
         {
@@ -98,6 +114,7 @@ public static class FlowSampler
             {
                 var pred = velocity(x, tCurr).to(ScalarType.Float32);           // [B, L_img, C]
                 var next = EulerStep(x, pred, tCurr, tPrev);
+                ComputeDevice.SyncForTiming(device);                            // benchmarks only; no-op otherwise
                 onStep?.Invoke(new DenoiseStep(i, timesteps.Count - 1, tCurr, tPrev, next, pred));
                 next.MoveToOuterDisposeScope();
                 if (owned) x.Dispose();
@@ -107,6 +124,28 @@ public static class FlowSampler
             ct.ThrowIfCancellationRequested();
         }
         return owned ? x : x.clone();
+    }
+
+    /// <summary>
+    /// The inputs moved to the model's device for one loop, disposed when it ends. Not a dispose scope: a step callback may
+    /// move its clones to the caller's scope, and a scope here would catch them.
+    /// </summary>
+    sealed class Uploaded(Device device) : IDisposable
+    {
+        readonly List<Tensor> tensors = [];
+
+        public Tensor? Add(Tensor? t)
+        {
+            if (t is null) return null;
+            var u = ComputeDevice.Upload(t, device);
+            tensors.Add(u);
+            return u;
+        }
+
+        public void Dispose()
+        {
+            foreach (var t in tensors) t.Dispose();
+        }
     }
 
     static (Tensor X, Tensor Ids) WithRefs(Tensor x, Tensor ids, Tensor? refTokens, Tensor? refIds)

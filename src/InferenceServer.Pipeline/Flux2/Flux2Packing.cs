@@ -82,7 +82,7 @@ public static class Flux2Packing
         {
             using var s = NewDisposeScope();
             var data = x[b];                                         // [L, C]
-            var pos = ids[b].to(ScalarType.Int64);                   // [L, 4]
+            var pos = ids[b].to(ScalarType.Int64, data.device);      // [L, 4], on the tokens' device (ids may come from the host)
             var tc = CompressTime(pos[.., 0]);
             var (hIds, wIds) = (pos[.., 1], pos[.., 2]);
             long t = tc.max().item<long>() + 1, h = hIds.max().item<long>() + 1, w = wIds.max().item<long>() + 1;

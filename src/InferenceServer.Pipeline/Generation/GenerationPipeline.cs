@@ -1,3 +1,4 @@
+using InferenceServer.Models.Runtime;
 using System.Diagnostics;
 using System.Runtime.ExceptionServices;
 using System.Security.Cryptography;
@@ -196,6 +197,7 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                 if (t is null) { t = EncodePrompt(prompt); prompts.Add(prompt, t); }
                 batchPrompts[prompt] = t;
                 txt[e] = t;
+                ComputeDevice.SyncForTiming(device);
                 timings[e].Add(new StageTiming("text_encode", sw.Elapsed.TotalMilliseconds));
                 sw.Restart();
                 if (req.References.Count > 0)
@@ -266,6 +268,7 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                     var v = FlowSampler.Velocity(Model.Transformer, cfg, x, imgIds.expand(rows, -1, -1), ctxIn, ctxIds, tCurr,
                         (float)(key.Guidance ?? 1.0), refTokens, refIds);                       // [R, h*w, 128] f32
                     var next = FlowSampler.EulerStep(x, v, tCurr, tPrev);                       // [R, h*w, 128] f32
+                    ComputeDevice.SyncForTiming(device);                                        // benchmarks only (no host sync otherwise)
                     double stepMs = stepWatch.Elapsed.TotalMilliseconds;
                     foreach (var e in rowEntry.Distinct())
                     {
@@ -306,6 +309,7 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                         using var imageScope = NewDisposeScope();
                         var grid = Flux2Packing.Unpack(x[(first + j)..(first + j + 1)], imgIds);  // [1, 128, h, w]
                         var decoded = Model.Vae.Decode(grid);                                    // [1, 3, H, W]
+                        ComputeDevice.SyncForTiming(device);
                         timings[e].Add(new StageTiming($"decode[{j}]", sw.Elapsed.TotalMilliseconds));
                         sw.Restart();
                         var encoded = ImageCodec.Encode(decoded, req.Request.Format, req.Request.Quality);

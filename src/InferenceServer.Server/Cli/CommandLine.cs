@@ -19,5 +19,6 @@ public static class CommandLine
         yield return GenerateCommand.Create("generate");
         yield return GenerateCommand.Create("edit");
         yield return ServeCommand.Create();
+        yield return BenchCommand.Create();
     }
 }

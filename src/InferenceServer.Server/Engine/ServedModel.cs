@@ -1,5 +1,6 @@
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
+using InferenceServer.Models.Runtime;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Hosting;
@@ -26,7 +27,8 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
             "fp32" or "float32" => ScalarType.Float32,
             var d => throw new ArgumentException($"dtype '{d}': expected bf16 or fp32"),
         };
-        var model = Flux2ModelFolder.Load(dir, dtype);
+        var device = ComputeDevice.Resolve(options.Device);
+        var model = Flux2ModelFolder.Load(dir, dtype, device);
         foreach (var line in model.LoadReport) log?.Invoke(line);
         var l = options.Limits;
         var pipeline = new GenerationPipeline(model, new PipelineOptions
@@ -35,7 +37,7 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
             Sizes = new SizeLimits { MinSide = l.MinSide, MaxSide = l.MaxSide, MaxPixels = l.MaxOutputPixels },
             Decode = new ImageLimits { MaxPixels = l.MaxInputPixels },
         });
-        return new ServedModel(name ?? model.Card.Name, pipeline, dtype == ScalarType.BFloat16 ? "bfloat16" : "float32", "cpu", isDefault: true);
+        return new ServedModel(name ?? model.Card.Name, pipeline, dtype == ScalarType.BFloat16 ? "bfloat16" : "float32", device.ToString(), isDefault: true);
     }
 
     /// <summary>

@@ -57,7 +57,7 @@ public sealed class Flux2Autoencoder : Module
     {
         CheckImage(image, nameof(image), Config.DownFactor);
         using var _ = no_grad();
-        using var x = image.to(ComputeType, Device);
+        using var x = Runtime.ComputeDevice.Upload(image, Device, ComputeType); // a host image bound for CUDA goes through pinned memory
         using var moments = encoder.forward(x);                              // [B, 2z, H/8, W/8]
         return moments.to(ScalarType.Float32);
     }
