@@ -37,7 +37,7 @@ public static class Fp8ScaledMm
     /// </summary>
     public static bool IsUsable(Device device)
     {
-        if (!Enabled || device.type != DeviceType.CUDA) return false;
+        if (!Enabled || (device.type != DeviceType.CUDA && !(AllowCpu && device.type == DeviceType.CPU))) return false;
         return usable.GetOrAdd(device.ToString(), _ => Probe(device));
     }
 
@@ -49,17 +49,32 @@ public static class Fp8ScaledMm
         try
         {
             using var scope = NewDisposeScope();
-            return unit.invoke<bool>("fp8_available", device);
+            var like = zeros(1, device: device);
+            return unit.invoke<Tensor>("fp8_available", like).item<bool>();
         }
-        catch (Exception) { return false; } // any failure means "not here": the fallback is exact
+        catch (Exception e) // any failure means "not here": the fallback is exact
+        {
+            LastProbeError = $"{device}: {e.Message.Split('\n')[0]}";
+            return false;
+        }
     }
 
-    /// <summary><c>x W^T</c> for E4M3 codes [N, K] with a per-tensor float32 scale; x is [..., K].</summary>
-    public static Tensor Linear(Tensor x, Tensor codes, Tensor scale)
-    {
-        var unit = compiled.Value.Unit ?? throw new InvalidOperationException($"the FP8 kernel is not available: {Status}");
-        return unit.invoke<Tensor>("fp8_linear", x, codes, scale);
-    }
+    /// <summary>Why the last failed probe failed (for the log), or null.</summary>
+    public static string? LastProbeError { get; private set; }
+
+    /// <summary>libtorch's float8_e4m3fn type number (TorchSharp 0.107 has no name for it).</summary>
+    public const ScalarType Float8E4M3 = (ScalarType)24;
+
+    /// <summary>When true, the CPU counts as usable where the probe succeeds (tests: libtorch 2.10 has a CPU _scaled_mm).</summary>
+    public static bool AllowCpu { get; set; }
+
+    /// <summary>A float8_e4m3fn tensor holding <paramref name="exactValues"/> (values that are E4M3 numbers, e.g. decoded codes).</summary>
+    public static Tensor ToFloat8(Tensor exactValues) => Unit.invoke<Tensor>("fp8_weight", exactValues);
+
+    /// <summary><c>x (W s)^T</c> for a float8_e4m3fn weight [N, K] (see <see cref="ToFloat8"/>) with a per-tensor float32 scale; x is [..., K].</summary>
+    public static Tensor Linear(Tensor x, Tensor weightFp8, Tensor scale) => Unit.invoke<Tensor>("fp8_linear", x, weightFp8, scale);
+
+    static jit.CompilationUnit Unit => compiled.Value.Unit ?? throw new InvalidOperationException($"the FP8 kernel is not available: {Status}");
 
     static (jit.CompilationUnit?, string) Compile()
     {

@@ -74,17 +74,36 @@ public sealed class QuantizedLinear : Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         if (Format == QuantizedFormat.Fp8E4M3 && PerTensor && Fp8ScaledMm.IsUsable(x.device))
+        {
+            if (weight.dtype != Fp8ScaledMm.Float8E4M3) ToFloat8Storage();
             return Fp8ScaledMm.Linear(x, weight, weight_scale);
+        }
         using var scope = NewDisposeScope();
         var y = functional.linear(x, Unscaled(x.dtype));                      // [..., out]
         var s = PerTensor ? weight_scale.reshape([]) : weight_scale;          // [] or [out]
         return (y * s).to(x.dtype).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Replaces the uint8 codes by a float8_e4m3fn tensor of the same values (1 byte each, same device), the form
+    /// <c>torch._scaled_mm</c> takes; done once, at the first forward through the kernel.
+    /// </summary>
+    void ToFloat8Storage()
+    {
+        using var exact = WeightQuantizer.DecodeFp8(weight, Format, ScalarType.BFloat16);
+        var w8 = Fp8ScaledMm.ToFloat8(exact);
+        weight.Dispose();
+        weight = w8;
+        ConditionallyRegisterBuffer(nameof(weight), w8);
+    }
+
+    /// <summary>True once the weight is held as a float8_e4m3fn tensor (after a forward through the FP8 kernel).</summary>
+    public bool HoldsFloat8 => weight.dtype == Fp8ScaledMm.Float8E4M3;
+
     /// <summary>The weight in <paramref name="dtype"/> without its scale (exact: every code is representable in bf16).</summary>
     public Tensor Unscaled(ScalarType dtype)
     {
-        if (Format == QuantizedFormat.Int8) return weight.to(dtype);
+        if (Format == QuantizedFormat.Int8 || HoldsFloat8) return weight.to(dtype);
         return WeightQuantizer.DecodeFp8(weight, Format, dtype);
     }
 
