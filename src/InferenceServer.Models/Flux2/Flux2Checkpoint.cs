@@ -31,14 +31,14 @@ public static class Flux2Checkpoint
     /// Loads <paramref name="source"/> (either layout) into <paramref name="model"/> with 8-bit linear weights: a checkpoint
     /// that already holds FP8 weights (official scaled-FP8 layout, see <see cref="QuantizedCheckpoint"/>) keeps them as
     /// they are, whatever <paramref name="quantization"/> says; a float checkpoint is quantized layer by layer on load when
-    /// <paramref name="quantization"/> is not None (every linear of the transformer). The matching Linears are swapped for
+    /// <paramref name="quantization"/> is not None (the linears <see cref="Flux2Quantize.Select"/> picks). The matching Linears are swapped for
     /// <see cref="QuantizedLinear"/> first, so keys stay <c>X.weight</c> + <c>X.weight_scale</c>. Other tensors load as usual.
     /// </summary>
     public static LoadReport Load(Flux2Transformer model, ITensorSource source, WeightQuantization quantization, bool strict = true, ScalarType? dtype = null)
     {
         var bfl = AsBfl(source, model.Config);
         if (quantization == WeightQuantization.None && !QuantizedCheckpoint.HoldsFp8Weights(bfl)) return StateDict.Load(model, bfl, strict, dtype: dtype);
-        var q = new QuantizedCheckpoint(bfl, quantization); // not disposed: it would dispose the caller's source
+        var q = new QuantizedCheckpoint(bfl, quantization, Flux2Quantize.Select(quantization)); // not disposed: it would dispose the caller's source
         var shapes = model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear).ToDictionary(m => m.name, m => ((TorchSharp.Modules.Linear)m.module).weight!.shape);
         foreach (var (path, spec) in q.Layers)
             if (!shapes.TryGetValue(path, out var shape) || !shape.SequenceEqual(spec.WeightShape))

@@ -17,6 +17,16 @@ public static class Flux2Quantize
     /// <summary>The header metadata key ComfyUI reads the per-layer formats from.</summary>
     public const string MetadataKey = "_quantization_metadata";
 
+    /// <summary>
+    /// Which transformer linears a quantization covers. int8 (per-channel scales): every linear. FP8 (per-tensor scale):
+    /// every linear except the image tokens' input and output projections, <c>img_in</c> and <c>final_layer.linear</c>
+    /// (0.02% of klein-4B's weights), which stay in the activation dtype: on the random tiny model they alone take the
+    /// DiT output cosine from 0.9989 to 0.9993-0.9996 (vLLM-omni's FLUX.2-klein FP8 keeps its x_embedder / proj_out in BF16 too).
+    /// </summary>
+    public static Func<string, bool> Select(WeightQuantization q) => q == WeightQuantization.Fp8
+        ? path => path != "img_in" && path != "final_layer.linear"
+        : _ => true;
+
     /// <summary>What the output holds: (specs in write order, producer). <paramref name="source"/> must use BFL keys.</summary>
     public static IReadOnlyList<TensorSpec> Specs(QuantizedCheckpoint source) =>
         source.Entries.Select(e => new TensorSpec(e.Name, e.DType, e.Shape)).ToList();
@@ -26,7 +36,7 @@ public static class Flux2Quantize
         IReadOnlyDictionary<string, string>? metadata = null)
     {
         if (to == WeightQuantization.None) throw new ArgumentException("choose fp8 or int8", nameof(to));
-        var q = new QuantizedCheckpoint(new NonDisposing(source), to);
+        var q = new QuantizedCheckpoint(new NonDisposing(source), to, Select(to));
         if (q.IsPrequantized) throw new InvalidDataException("the checkpoint already holds FP8 weights");
         var meta = new Dictionary<string, string>(metadata ?? new Dictionary<string, string>()) { ["format"] = "pt" };
         var layers = new JsonObject();
@@ -42,7 +52,7 @@ public static class Flux2Quantize
 
     /// <summary>Total data bytes the quantized file will hold.</summary>
     public static long OutputBytes(ITensorSource source, WeightQuantization to) =>
-        Specs(new QuantizedCheckpoint(new NonDisposing(source), to)).Sum(s => s.ByteLength);
+        Specs(new QuantizedCheckpoint(new NonDisposing(source), to, Select(to))).Sum(s => s.ByteLength);
 
     /// <summary>
     /// Quantizes a model folder: <paramref name="outDir"/> gets the same layout with the transformer as one quantized

@@ -129,7 +129,7 @@ public sealed class QuantizedCheckpoint : ITensorSource
                 using var w = inner.Load(src, ScalarType.Float32);
                 var (q, s) = WeightQuantizer.Quantize(w, layer.Format);
                 cachedScale?.Scale.Dispose();
-                cachedScale = (layer.Path, s);
+                cachedScale = (layer.Path, s.DetachFromDisposeScope()); // outlives the caller's scope for this weight
                 result = q;
             }
         }
