@@ -106,7 +106,7 @@ public static class Flux2ModelFolder
 
     /// <summary>
     /// Loads every component with <paramref name="options"/>: the dtype, and the transformer's weight quantization
-    /// (a transformer that is already FP8 loads as FP8 whatever is asked; see <see cref="Flux2Checkpoint.Load(Flux2Transformer, ITensorSource, WeightQuantization, bool, ScalarType?)"/>).
+    /// (a transformer that is already 8-bit, e.g. the official FP8 file, loads as it is whatever is asked; see <see cref="Flux2Checkpoint.Load(Flux2Transformer, ITensorSource, WeightQuantization, bool, ScalarType?)"/>).
     /// The VAE and the text encoder are never quantized.
     /// </summary>
     public static Flux2Model Load(string dir, Flux2LoadOptions options)

@@ -31,13 +31,13 @@ public static class Flux2Quantize
     public static IReadOnlyList<TensorSpec> Specs(QuantizedCheckpoint source) =>
         source.Entries.Select(e => new TensorSpec(e.Name, e.DType, e.Shape)).ToList();
 
-    /// <summary>Writes <paramref name="source"/> (BFL keys, float or already FP8) quantized to <paramref name="to"/> into <paramref name="outFile"/>.</summary>
+    /// <summary>Writes <paramref name="source"/> (BFL keys, float) quantized to <paramref name="to"/> into <paramref name="outFile"/>.</summary>
     public static void WriteTransformer(ITensorSource source, string outFile, WeightQuantization to, IProgress<long>? bytesWritten = null,
         IReadOnlyDictionary<string, string>? metadata = null)
     {
         if (to == WeightQuantization.None) throw new ArgumentException("choose fp8 or int8", nameof(to));
         var q = new QuantizedCheckpoint(new NonDisposing(source), to, Select(to));
-        if (q.IsPrequantized) throw new InvalidDataException("the checkpoint already holds FP8 weights");
+        if (q.IsPrequantized) throw new InvalidDataException("the checkpoint already holds 8-bit weights");
         var meta = new Dictionary<string, string>(metadata ?? new Dictionary<string, string>()) { ["format"] = "pt" };
         var layers = new JsonObject();
         foreach (var (path, spec) in q.Layers)

@@ -11,7 +11,7 @@ public sealed record QuantizedLayerSpec(string Path, QuantizedFormat Format, lon
 /// A checkpoint seen with 8-bit linear weights, in one normalized layout: <c>X.weight</c> (FP8 codes as F8_E4M3 /
 /// F8_E5M2, or I8) and <c>X.weight_scale</c> (F32, [] per tensor or [out] per output channel); every other tensor as stored.
 /// <list type="bullet">
-/// <item>An already-FP8 checkpoint (the official scaled-FP8 layout of FLUX.2 FP8 files, as ComfyUI defines it:
+/// <item>An already-8-bit checkpoint: our int8 layout (I8 <c>X.weight</c> + F32 [out] <c>X.weight_scale</c>) as it is, or (the official scaled-FP8 layout of FLUX.2 FP8 files, as ComfyUI defines it:
 /// <c>X.weight</c> F8_E4M3 + <c>X.weight_scale</c> F32 scalar, optional <c>X.input_scale</c> F32 scalar and
 /// <c>X.comfy_quant</c> U8 JSON, header metadata <c>_quantization_metadata</c>; also the older spelling
 /// <c>X.scale_weight</c> / <c>X.scale_input</c> with a <c>scaled_fp8</c> marker tensor) is passed through: codes are
@@ -40,18 +40,18 @@ public sealed class QuantizedCheckpoint : ITensorSource
     /// <summary>Layers stored quantized, by module path.</summary>
     public IReadOnlyDictionary<string, QuantizedLayerSpec> Layers => layers;
 
-    /// <summary>True when the inner checkpoint itself holds FP8 weights (nothing is quantized here).</summary>
+    /// <summary>True when the inner checkpoint itself holds 8-bit weights (nothing is quantized here).</summary>
     public bool IsPrequantized { get; }
 
     public IReadOnlyList<TensorEntry> Entries => entries;
 
     /// <param name="inner">The checkpoint (BFL keys).</param>
-    /// <param name="requested">Quantization for a float checkpoint; ignored when it already holds FP8 weights.</param>
+    /// <param name="requested">Quantization for a float checkpoint; ignored when it already holds 8-bit weights.</param>
     /// <param name="select">Which layer paths (a weight key without <c>.weight</c>) to quantize; default all 2-D weights.</param>
     public QuantizedCheckpoint(ITensorSource inner, WeightQuantization requested, Func<string, bool>? select = null)
     {
         this.inner = inner;
-        IsPrequantized = inner.Entries.Any(e => e.Name.EndsWith(".weight", StringComparison.Ordinal) && IsFp8(e.DType));
+        IsPrequantized = Holds8BitWeights(inner);
         fromFloat = !IsPrequantized && requested != WeightQuantization.None;
         select ??= _ => true;
         foreach (var e in inner.Entries)
@@ -60,14 +60,20 @@ public sealed class QuantizedCheckpoint : ITensorSource
             {
                 if (DroppedNames.Contains(e.Name) || DroppedSuffixes.Any(s => e.Name.EndsWith(s, StringComparison.Ordinal))) continue;
                 if (e.Name.EndsWith(".scale_weight", StringComparison.Ordinal)) { Add(e with { Name = e.Name[..^".scale_weight".Length] + ".weight_scale" }, e.Name); continue; }
-                if (e.Name.EndsWith(".weight", StringComparison.Ordinal) && IsFp8(e.DType))
+                if (e.Name.EndsWith(".weight", StringComparison.Ordinal) && Is8Bit(inner, e))
                 {
                     string path = e.Name[..^".weight".Length];
                     var scale = inner.TryGetEntry(path + ".weight_scale", out var s) ? s
                         : inner.TryGetEntry(path + ".scale_weight", out s) ? s
                         : throw new InvalidDataException($"FP8 weight '{e.Name}' has no '{path}.weight_scale' (or '{path}.scale_weight')");
                     if (e.Shape.Length != 2) throw new InvalidDataException($"FP8 weight '{e.Name}' is {e.ShapeText}; only linear weights [out, in] are supported");
-                    layers[path] = new QuantizedLayerSpec(path, e.DType == SafetensorsDType.F8_E4M3 ? QuantizedFormat.Fp8E4M3 : QuantizedFormat.Fp8E5M2, e.Shape, s.Shape);
+                    var format = e.DType switch
+                    {
+                        SafetensorsDType.F8_E4M3 => QuantizedFormat.Fp8E4M3,
+                        SafetensorsDType.F8_E5M2 => QuantizedFormat.Fp8E5M2,
+                        _ => QuantizedFormat.Int8,
+                    };
+                    layers[path] = new QuantizedLayerSpec(path, format, e.Shape, s.Shape);
                 }
                 Add(e, e.Name);
                 continue;
@@ -87,9 +93,15 @@ public sealed class QuantizedCheckpoint : ITensorSource
         }
     }
 
-    /// <summary>Opens the FP8 layout of a file without quantizing anything: true when <paramref name="source"/> holds FP8 weights.</summary>
-    public static bool HoldsFp8Weights(ITensorSource source) =>
-        source.Entries.Any(e => e.Name.EndsWith(".weight", StringComparison.Ordinal) && IsFp8(e.DType));
+    /// <summary>
+    /// True when <paramref name="source"/> holds 8-bit linear weights: an FP8 <c>X.weight</c>, or an int8 one with an
+    /// <c>X.weight_scale</c> (our int8 layout: int8 [out, in] + float32 [out]).
+    /// </summary>
+    public static bool Holds8BitWeights(ITensorSource source) =>
+        source.Entries.Any(e => e.Name.EndsWith(".weight", StringComparison.Ordinal) && Is8Bit(source, e));
+
+    static bool Is8Bit(ITensorSource source, TensorEntry e) =>
+        IsFp8(e.DType) || (e.DType == SafetensorsDType.I8 && source.TryGetEntry(e.Name[..^".weight".Length] + ".weight_scale", out _));
 
     /// <summary>True for the tensors an 8-bit checkpoint adds beside the weights (scales, activation scales, markers).</summary>
     public static bool IsQuantizationExtra(string name) =>
@@ -119,7 +131,8 @@ public sealed class QuantizedCheckpoint : ITensorSource
         Tensor result;
         if (name.EndsWith(".weight", StringComparison.Ordinal) && layers.TryGetValue(name[..^".weight".Length], out var layer))
         {
-            if (IsPrequantized)
+            if (IsPrequantized && layer.Format == QuantizedFormat.Int8) result = inner.Load(src);
+            else if (IsPrequantized)
             {
                 using var raw = inner.LoadRaw(src);
                 result = raw.view(e.Shape);

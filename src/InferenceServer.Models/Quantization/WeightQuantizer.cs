@@ -11,7 +11,7 @@ namespace InferenceServer.Models.Quantization;
 /// <summary>Weight quantization asked for at load time (or by the quantize command).</summary>
 public enum WeightQuantization
 {
-    /// <summary>Weights as stored (a checkpoint that is already FP8 still loads as FP8).</summary>
+    /// <summary>Weights as stored (a checkpoint that is already 8-bit still loads as 8-bit).</summary>
     None,
     /// <summary>FP8 E4M3 with one float32 scale per tensor (the official FLUX.2 FP8 layout).</summary>
     Fp8,
