@@ -19,8 +19,12 @@ public static class Fp8ScaledMm
     static readonly Lazy<(jit.CompilationUnit? Unit, string Status)> compiled = new(Compile, LazyThreadSafetyMode.ExecutionAndPublication);
     static readonly ConcurrentDictionary<string, bool> usable = new();
 
-    /// <summary>Off switch (e.g. for A/B measurements); the per-layer dequantization path is used while false.</summary>
-    public static bool Enabled { get; set; } = true;
+    /// <summary>
+    /// Off switch (A/B measurements, or a libtorch whose TorchScript rejects the source: a compile error ends the process
+    /// in TorchSharp 0.107); the per-layer dequantization path is used while false. Default: true unless the
+    /// environment variable <c>INFERENCE_SERVER_FP8_KERNEL</c> is <c>0</c>.
+    /// </summary>
+    public static bool Enabled { get; set; } = Environment.GetEnvironmentVariable("INFERENCE_SERVER_FP8_KERNEL") != "0";
 
     /// <summary>Whether the kernel compiled, or why not.</summary>
     public static string Status => compiled.Value.Status;
