@@ -67,11 +67,40 @@ public static class WeightQuantizer
             {
                 double max = format == QuantizedFormat.Fp8E4M3 ? Fp8E4M3Max : 57344;
                 var scale = (wf.abs().max() / max).clamp_min(1e-30);                           // []
-                var codes = Float8.Encode(wf / scale, format == QuantizedFormat.Fp8E4M3 ? SafetensorsDType.F8_E4M3 : SafetensorsDType.F8_E5M2);
+                var codes = format == QuantizedFormat.Fp8E4M3 ? EncodeE4M3(wf / scale) : Float8.Encode(wf / scale, SafetensorsDType.F8_E5M2);
                 return (codes.MoveToOuterDisposeScope(), scale.MoveToOuterDisposeScope());
             }
             default: throw new ArgumentOutOfRangeException(nameof(format), format, null);
         }
+    }
+
+    /// <summary>
+    /// E4M3FN codes of float values, rounded to nearest even and saturated at ±448, by arithmetic (no table search):
+    /// with <c>e = clamp(floor(log2 |x|), -6, 8)</c> (the binade; -6 also covers the subnormals) and
+    /// <c>n = round_half_even(|x| 2^(3-e))</c> in [0, 16], the magnitude code is <c>8 (e + 6) + n</c> (n = 16 is the
+    /// next binade's first code, so mantissa carries need no care); the sign adds 0x80. Same codes as
+    /// <see cref="Float8.Encode(Tensor, SafetensorsDType)"/> for finite input, in element-wise float32 work.
+    /// </summary>
+    public static Tensor EncodeE4M3(Tensor values)
+    {
+        using var scope = NewDisposeScope();
+        var result = empty(values.shape, ScalarType.Byte, values.device);
+        using var flatOut = result.view(-1);
+        using var flatIn = values.reshape(-1);
+        const long chunk = 1 << 24; // bounds the float32 temporaries to 64 MB each
+        for (long start = 0; start < flatIn.numel(); start += chunk)
+        {
+            using var inner = NewDisposeScope();
+            long n = Math.Min(chunk, flatIn.numel() - start);
+            var x = flatIn.narrow(0, start, n).to(ScalarType.Float32);
+            var a = x.abs().clamp_max(Fp8E4M3Max);
+            var e = a.clamp_min(1e-30).log2().floor_().clamp_(-6, 8);             // binade
+            var m = (a * (3 - e).exp2()).round_();                                 // [0, 16]
+            var code = (e + 6).mul_(8).add_(m);                                     // [0, 126]
+            code = where(x.signbit(), code + 128, code);
+            flatOut.narrow(0, start, n).copy_(code.to(ScalarType.Byte));
+        }
+        return result.MoveToOuterDisposeScope();
     }
 
     static readonly System.Collections.Concurrent.ConcurrentDictionary<(QuantizedFormat, ScalarType, string), Tensor> tables = new();
@@ -83,6 +112,7 @@ public static class WeightQuantizer
     /// </summary>
     public static Tensor DecodeFp8(Tensor codes, QuantizedFormat format, ScalarType dtype)
     {
+        if (codes.dtype == Fp8ScaledMm.Float8E4M3) return codes.to(dtype); // native conversion
         if (codes.dtype != ScalarType.Byte) throw new ArgumentException($"FP8 codes must be uint8, got {codes.dtype}", nameof(codes));
         var table = tables.GetOrAdd((format, dtype, codes.device.ToString()), key =>
         {

@@ -56,8 +56,24 @@ public class QuantizedLinearTests(ITestOutputHelper output)
         // Converting the module's dtype keeps the codes and the float32 scale.
         layer.to(ScalarType.BFloat16);
         Assert.Equal(ScalarType.Float32, layer.WeightScale.dtype);
-        Assert.Equal(format == QuantizedFormat.Int8 ? ScalarType.Int8 : ScalarType.Byte, layer.Weight.dtype);
+        Assert.Equal(format == QuantizedFormat.Int8 ? ScalarType.Int8 : Fp8ScaledMm.Float8E4M3, layer.Weight.dtype); // fp8: float8 storage after a forward
+        Assert.Equal(1, layer.Weight.ElementSize);
         Assert.Equal(["weight", "weight_scale"], layer.state_dict().Keys.ToArray());
+    }
+
+    [Fact]
+    public void Arithmetic_e4m3_encoder_gives_the_reference_codes()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        var grid = Float8.ToFloat32(arange(256, ScalarType.Int32).to(ScalarType.Byte), SafetensorsDType.F8_E4M3);
+        grid = grid[grid.isfinite()];
+        var mids = (grid[1..] + grid[..^1]) / 2;                                 // ties (in the same-sign runs)
+        var values = cat([grid, mids, randn(200_000) * 100, randn(50_000) / 300, tensor(new float[] { 500, -1e6f, 447.9f, 1e-12f, -0f })]);
+        var fast = WeightQuantizer.EncodeE4M3(values);
+        var reference = Float8.Encode(values, SafetensorsDType.F8_E4M3);
+        long differ = fast.ne(reference).sum().item<long>();
+        Assert.True(differ == 0, $"{differ} codes differ");
     }
 
     [Fact]
