@@ -152,7 +152,7 @@ public static class Flux2RandomModel
     }
 
     /// <summary>VAE values: conv/linear weights random; GroupNorm weight 1, every bias 0; BatchNorm mean 0, var 1, count 0.</summary>
-    static Tensor VaeTensor(TensorSpec s, long seed)
+    internal static Tensor VaeTensor(TensorSpec s, long seed)
     {
         var dt = s.DType.ToScalarType();
         if (s.Name.EndsWith("num_batches_tracked", StringComparison.Ordinal)) return zeros(s.Shape, ScalarType.Int64);

@@ -11,14 +11,26 @@ namespace InferenceServer.Tests.Quantization;
 /// <summary>
 /// 8-bit weights at klein-4B width (hidden 3072, 24 heads, context 7680) on a 1 double + 1 single block stack (the full
 /// model is 8 GB): DiT output cosine and per-forward time against BF16 at 256 image + 512 text tokens, decoded-image PSNR
-/// after 4 steps through the full-size VAE (PyTorch-default random weights), resident weight memory of the stack and,
+/// after 4 steps through the full-size VAE (random weights as the random model folders have them), resident weight memory of the stack and,
 /// from the parameter list, of the whole klein-4B transformer. About 3 minutes and 5 GB on 2 cores, so it runs only with
 /// INFERENCE_MEASURE=1 (then it asserts the same thresholds as the tiny-model tests):
 /// <c>INFERENCE_MEASURE=1 dotnet test tests/InferenceServer.Models.Tests --filter Klein4BShapedMeasurement --logger "console;verbosity=detailed"</c>
 /// </summary>
 [Collection(InferenceServer.Tests.Shared.RunAlone.Name)]
-public class Klein4BShapedMeasurement(ITestOutputHelper output)
+public class Klein4BShapedMeasurement(ITestOutputHelper helper)
 {
+    /// <summary>Lines go to the test output and, while it runs, to INFERENCE_MEASURE_LOG when set (progress of a long run).</summary>
+    readonly Output output = new(helper);
+
+    sealed class Output(ITestOutputHelper helper)
+    {
+        public void WriteLine(string line)
+        {
+            helper.WriteLine(line);
+            if (Environment.GetEnvironmentVariable("INFERENCE_MEASURE_LOG") is { Length: > 0 } log) File.AppendAllText(log, line + "\n");
+        }
+    }
+
     [Fact]
     public void Klein_4b_width_stack_quality_speed_and_memory()
     {
@@ -35,7 +47,7 @@ public class Klein4BShapedMeasurement(ITestOutputHelper output)
         var xIds = LatentTokens.Ids(1, 16, 16);
         var ctx = randn([1, 512, cfg.ContextInDim], generator: gen);
         var ctxIds = stack([zeros(512, ScalarType.Int64), zeros(512, ScalarType.Int64), zeros(512, ScalarType.Int64), arange(512, ScalarType.Int64)], 1).unsqueeze(0);
-        using var vae = new Flux2Autoencoder(Flux2ModelFolder.VaeConfig(ModelCards.Load("flux2-klein-4b")));
+        using var vae = RandomVae(Flux2ModelFolder.VaeConfig(ModelCards.Load("flux2-klein-4b")));
 
         var sw = Stopwatch.StartNew();
         using var bf16 = new Flux2Transformer(cfg, dtype: ScalarType.BFloat16).InitRandom(1);
@@ -67,6 +79,20 @@ public class Klein4BShapedMeasurement(ITestOutputHelper output)
             Assert.True(psnr >= 35, $"{q}: PSNR {psnr}");
             Assert.True(ratio <= 0.55, $"{q}: {ratio}x");
         }
+    }
+
+    /// <summary>The full-size VAE with the random folders' values (convs N(0, 1/fan_in), norms 1, biases 0, BN mean 0 / var 1).</summary>
+    static Flux2Autoencoder RandomVae(AutoEncoderConfig config)
+    {
+        var vae = new Flux2Autoencoder(config);
+        using var noGrad = no_grad();
+        foreach (var (name, t) in vae.state_dict())
+        {
+            var spec = new InferenceServer.Models.Weights.TensorSpec(name, t.dtype == ScalarType.Int64 ? InferenceServer.Models.Weights.SafetensorsDType.I64 : InferenceServer.Models.Weights.SafetensorsDType.F32, t.shape);
+            using var v = Flux2RandomModel.VaeTensor(spec, 9);
+            t.copy_(v);
+        }
+        return vae;
     }
 
     /// <summary>Resident transformer weight bytes under a quantization (as Flux2Quantize.Select picks the linears).</summary>

@@ -48,6 +48,11 @@ public class QuantizeCommandTests
             var b = q.Transformer.Forward(x, ids, tensor(new[] { 0.5f }), ctx, ctxIds).to(ScalarType.Float64).flatten();
             double cos = ((a * b).sum() / (a.norm() * b.norm())).item<double>();
             Assert.True(cos > 0.999, $"cosine {cos}");
+
+            // The whole pipeline runs on the quantized folder (8-bit weights detected, no option).
+            string png = Path.Combine(dir, "q.png");
+            Assert.Equal(0, CommandLine.Build().Parse(["generate", "--model", dst, "--prompt", "a cat", "--size", "64x64", "--steps", "1", "--seed", "1", "--out", png]).Invoke());
+            Assert.True(new FileInfo(png).Length > 0);
         }
         finally { Directory.Delete(dir, recursive: true); }
     }
