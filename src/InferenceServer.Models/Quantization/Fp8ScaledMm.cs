@@ -29,9 +29,6 @@ public static class Fp8ScaledMm
     /// <summary>Whether the kernel compiled, or why not.</summary>
     public static string Status => compiled.Value.Status;
 
-    /// <summary>True when E4M3 weights can be held as float8_e4m3fn tensors (the kernel is enabled and compiled; any device).</summary>
-    public static bool Float8StorageAvailable => Enabled && IsCompiled;
-
     /// <summary>True when the TorchScript source compiled.</summary>
     public static bool IsCompiled => compiled.Value.Unit is not null;
 
