@@ -1,3 +1,4 @@
+using InferenceServer.Models.Quantization;
 using InferenceServer.Models.Weights;
 using static TorchSharp.torch;
 
@@ -24,5 +25,31 @@ public static class Flux2Checkpoint
     {
         using var source = Checkpoint.Open(path);
         return Load(model, source, strict, dtype);
+    }
+
+    /// <summary>
+    /// Loads <paramref name="source"/> (either layout) into <paramref name="model"/> with 8-bit linear weights: a checkpoint
+    /// that already holds 8-bit weights (official scaled-FP8 layout, or our int8 one, see <see cref="QuantizedCheckpoint"/>) keeps them as
+    /// they are, whatever <paramref name="quantization"/> says; a float checkpoint is quantized layer by layer on load when
+    /// <paramref name="quantization"/> is not None (the linears <see cref="Flux2Quantize.Select"/> picks). The matching Linears are swapped for
+    /// <see cref="QuantizedLinear"/> first, so keys stay <c>X.weight</c> + <c>X.weight_scale</c>. Other tensors load as usual.
+    /// </summary>
+    public static LoadReport Load(Flux2Transformer model, ITensorSource source, WeightQuantization quantization, bool strict = true, ScalarType? dtype = null)
+    {
+        var bfl = AsBfl(source, model.Config);
+        if (quantization == WeightQuantization.None && !QuantizedCheckpoint.Holds8BitWeights(bfl)) return StateDict.Load(model, bfl, strict, dtype: dtype);
+        var q = new QuantizedCheckpoint(bfl, quantization, Flux2Quantize.Select(quantization)); // not disposed: it would dispose the caller's source
+        var shapes = model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear).ToDictionary(m => m.name, m => ((TorchSharp.Modules.Linear)m.module).weight!.shape);
+        foreach (var (path, spec) in q.Layers)
+            if (!shapes.TryGetValue(path, out var shape) || !shape.SequenceEqual(spec.WeightShape))
+            {
+                if (strict) throw new InvalidDataException($"quantized weight '{path}.weight' {string.Join("x", spec.WeightShape)} matches no linear layer of the model" + (shape is null ? "" : $" (module: {string.Join("x", shape)})"));
+            }
+        WeightQuantizer.Swap(model, q.Layers.ContainsKey, (path, linear) =>
+        {
+            var spec = q.Layers[path];
+            return new QuantizedLinear(spec.WeightShape[1], spec.WeightShape[0], spec.Format, spec.ScaleShape, linear.weight!.device);
+        });
+        return StateDict.Load(model, q, strict, dtype: dtype);
     }
 }

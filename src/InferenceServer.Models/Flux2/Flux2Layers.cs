@@ -8,7 +8,8 @@ namespace InferenceServer.Models.Flux2;
 
 // Building blocks of the FLUX.2 transformer. Field names are the BFL checkpoint keys (RegisterComponents turns
 // them into `img_attn.qkv.weight`, `norm.query_norm.scale`, ...); LayerNorms without affine have no parameters
-// and are applied functionally.
+// and are applied functionally. Every Linear field is typed Module<Tensor, Tensor> so that weight quantization can swap
+// it for a QuantizedLinear of the same name (Quantization/ModuleSwap.cs).
 
 /// <summary>RMSNorm over the last dimension with a learned <c>scale</c>; statistics in float32 whatever the input dtype.</summary>
 public sealed class RMSNorm : Module<Tensor, Tensor>
@@ -52,9 +53,9 @@ public sealed class QKNorm : Module
 /// <summary>The attention projections of one stream of a double block: fused <c>qkv</c>, QK <c>norm</c>, output <c>proj</c>.</summary>
 public sealed class SelfAttention : Module
 {
-    internal readonly Linear qkv;  // [3*hidden, hidden], rows [q | k | v], each (heads, head_dim)
+    internal readonly Module<Tensor, Tensor> qkv;  // [3*hidden, hidden], rows [q | k | v], each (heads, head_dim)
     internal readonly QKNorm norm;
-    internal readonly Linear proj; // [hidden, hidden]
+    internal readonly Module<Tensor, Tensor> proj; // [hidden, hidden]
 
     public SelfAttention(long hidden, long heads, double eps, Device? device = null, ScalarType? dtype = null) : base(nameof(SelfAttention))
     {
@@ -68,8 +69,8 @@ public sealed class SelfAttention : Module
 /// <summary>SwiGLU MLP as BFL's <c>Sequential(Linear, SiLUActivation, Linear)</c>: keys <c>0.weight</c>, <c>2.weight</c>.</summary>
 public sealed class SwiGluMlp : Module<Tensor, Tensor>
 {
-    [ComponentName(Name = "0")] readonly Linear linear_in;  // [2*mlp_hidden, hidden], rows [gate | up]
-    [ComponentName(Name = "2")] readonly Linear linear_out; // [hidden, mlp_hidden]
+    [ComponentName(Name = "0")] readonly Module<Tensor, Tensor> linear_in;  // [2*mlp_hidden, hidden], rows [gate | up]
+    [ComponentName(Name = "2")] readonly Module<Tensor, Tensor> linear_out; // [hidden, mlp_hidden]
 
     public SwiGluMlp(long hidden, long mlpHidden, Device? device = null, ScalarType? dtype = null) : base(nameof(SwiGluMlp))
     {
@@ -88,8 +89,8 @@ public sealed class SwiGluMlp : Module<Tensor, Tensor>
 /// <summary>BFL <c>MLPEmbedder</c>: <c>out_layer(silu(in_layer(x)))</c>.</summary>
 public sealed class MLPEmbedder : Module<Tensor, Tensor>
 {
-    readonly Linear in_layer;  // [hidden, in]
-    readonly Linear out_layer; // [hidden, hidden]
+    readonly Module<Tensor, Tensor> in_layer;  // [hidden, in]
+    readonly Module<Tensor, Tensor> out_layer; // [hidden, hidden]
 
     public MLPEmbedder(long inDim, long hidden, Device? device = null, ScalarType? dtype = null) : base(nameof(MLPEmbedder))
     {
@@ -108,7 +109,7 @@ public sealed class MLPEmbedder : Module<Tensor, Tensor>
 /// <summary>Shared modulation: <c>lin(silu(vec))</c> split into <c>multiplier</c> chunks of [B, 1, hidden].</summary>
 public sealed class Modulation : Module
 {
-    readonly Linear lin; // [multiplier*hidden, hidden]
+    readonly Module<Tensor, Tensor> lin; // [multiplier*hidden, hidden]
     readonly int multiplier;
 
     public Modulation(long hidden, int multiplier, Device? device = null, ScalarType? dtype = null) : base(nameof(Modulation))
@@ -177,8 +178,8 @@ public sealed class DoubleStreamBlock : Module
 /// <summary>BFL <c>SingleStreamBlock</c>: one fused <c>linear1</c> (qkv + SwiGLU gate/up), <c>linear2</c> on cat(attn, mlp).</summary>
 public sealed class SingleStreamBlock : Module
 {
-    readonly Linear linear1; // [3*hidden + 2*mlp_hidden, hidden], rows [q | k | v | gate | up]
-    readonly Linear linear2; // [hidden, hidden + mlp_hidden]
+    readonly Module<Tensor, Tensor> linear1; // [3*hidden + 2*mlp_hidden, hidden], rows [q | k | v | gate | up]
+    readonly Module<Tensor, Tensor> linear2; // [hidden, hidden + mlp_hidden]
     readonly QKNorm norm;
     readonly long hidden, heads;
     readonly double lnEps;
@@ -210,7 +211,7 @@ public sealed class SingleStreamBlock : Module
 /// <summary>Holds BFL's <c>adaLN_modulation = Sequential(SiLU, Linear)</c> so the linear's key is <c>adaLN_modulation.1.weight</c>.</summary>
 public sealed class AdaLNModulation : Module<Tensor, Tensor>
 {
-    [ComponentName(Name = "1")] readonly Linear linear; // [2*hidden, hidden], rows [shift | scale]
+    [ComponentName(Name = "1")] readonly Module<Tensor, Tensor> linear; // [2*hidden, hidden], rows [shift | scale]
 
     public AdaLNModulation(long hidden, Device? device = null, ScalarType? dtype = null) : base(nameof(AdaLNModulation))
     {
@@ -228,7 +229,7 @@ public sealed class AdaLNModulation : Module<Tensor, Tensor>
 /// <summary>BFL <c>LastLayer</c>: adaLN (shift, scale) from silu(vec), LayerNorm, <c>linear</c> to the output channels.</summary>
 public sealed class LastLayer : Module
 {
-    readonly Linear linear; // [out, hidden]
+    readonly Module<Tensor, Tensor> linear; // [out, hidden]
     readonly AdaLNModulation adaLN_modulation;
     readonly double lnEps;
 

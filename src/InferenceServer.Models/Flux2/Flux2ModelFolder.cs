@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using InferenceServer.Models.Flux2.Autoencoder;
+using InferenceServer.Models.Quantization;
 using InferenceServer.Models.Qwen3;
 using InferenceServer.Models.Text;
 using InferenceServer.Models.Weights;
@@ -86,7 +87,9 @@ public static class Flux2ModelFolder
             }
             catch (Exception e) when (e is InvalidDataException or ArgumentException or KeyNotFoundException) { return false; }
         }
-        return source.Entries.Count == specs.Count && specs.All(s => source.TryGetEntry(s.Name, out var e) && e.Shape.SequenceEqual(s.Shape));
+        // An FP8 checkpoint adds per-layer scales (and markers) next to the parameters: they do not count.
+        int count = source.Entries.Count(e => !QuantizedCheckpoint.IsQuantizationExtra(e.Name));
+        return count == specs.Count && specs.All(s => source.TryGetEntry(s.Name, out var e) && e.Shape.SequenceEqual(s.Shape));
     }
 
     /// <summary>VAE config of a card's component name (models/vae/NAME.json).</summary>
@@ -101,10 +104,19 @@ public static class Flux2ModelFolder
     /// tensor is copied there as it is read (no whole CPU copy of the model); the small VAE is loaded on the CPU and moved.
     /// Strict: a missing file names the file; a missing, unexpected or mis-shaped tensor names the tensor.
     /// </summary>
-    public static Flux2Model Load(string dir, ScalarType dtype = ScalarType.BFloat16, Device? device = null)
+    public static Flux2Model Load(string dir, ScalarType dtype = ScalarType.BFloat16, Device? device = null) =>
+        Load(dir, new Flux2LoadOptions(dtype) { Device = device });
+
+    /// <summary>
+    /// Loads every component with <paramref name="options"/>: the dtype, the device, and the transformer's weight quantization
+    /// (a transformer that is already 8-bit, e.g. the official FP8 file, loads as it is whatever is asked; see <see cref="Flux2Checkpoint.Load(Flux2Transformer, ITensorSource, WeightQuantization, bool, ScalarType?)"/>).
+    /// The VAE and the text encoder are never quantized.
+    /// </summary>
+    public static Flux2Model Load(string dir, Flux2LoadOptions options)
     {
+        var dtype = options.DType;
         dir = Path.GetFullPath(dir);
-        device ??= CPU;
+        var device = options.Device ?? CPU;
         var layout = DetectLayout(dir);
         var card = DetectCard(dir);
         var report = new List<string> { $"folder {dir}: layout {layout.ToString().ToLowerInvariant()}, model card {card.Name}, dtype {dtype}, device {device}" };
@@ -119,8 +131,14 @@ public static class Flux2ModelFolder
         try
         {
             transformer = new Flux2Transformer(card.Transformer, device: device, dtype: dtype);
-            var r = Named(tPath, () => Flux2Checkpoint.Load(transformer, tPath, strict: true, dtype: dtype));
-            report.Add($"transformer {Rel(dir, tPath)}: {r.Loaded} tensors");
+            var t = transformer;
+            var r = Named(tPath, () =>
+            {
+                using var source = Checkpoint.Open(tPath);
+                return Flux2Checkpoint.Load(t, source, options.Quantization, strict: true, dtype: dtype);
+            });
+            if (device.type != DeviceType.CPU) transformer.to(device);   // 8-bit layers are swapped in on the host
+            report.Add($"transformer {Rel(dir, tPath)}: {r.Loaded} tensors; weights {transformer.WeightFormat}");
 
             vae = new Flux2Autoencoder(VaeConfig(card));
             using (var src = Checkpoint.Open(vaePath))
@@ -177,6 +195,15 @@ public static class Flux2ModelFolder
     }
 }
 
+/// <summary>How <see cref="Flux2ModelFolder.Load(string, Flux2LoadOptions)"/> loads a folder.</summary>
+/// <param name="DType">Activation and float-weight dtype (bfloat16 or float32).</param>
+/// <param name="Quantization">Transformer weight quantization: none (as stored), fp8 or int8.</param>
+public sealed record Flux2LoadOptions(ScalarType DType = ScalarType.BFloat16, WeightQuantization Quantization = WeightQuantization.None)
+{
+    /// <summary>Where to load (default the CPU).</summary>
+    public Device? Device { get; init; }
+}
+
 /// <summary>A loaded FLUX.2 model: every component, the card it was matched to, and what was loaded.</summary>
 public sealed class Flux2Model(string directory, Flux2Layout layout, Flux2ModelCard card, Flux2Transformer transformer, Flux2Autoencoder vae,
     Qwen3TextEncoder textEncoder, Qwen3Tokenizer tokenizer, ScalarType dtype, IReadOnlyList<string> report) : IDisposable
@@ -191,6 +218,8 @@ public sealed class Flux2Model(string directory, Flux2Layout layout, Flux2ModelC
     public ScalarType DType { get; } = dtype;
     /// <summary>Where the components live (the transformer's device).</summary>
     public Device Device => Transformer.Device;
+    /// <summary>How the transformer's weights are stored and multiplied on its current device (see <see cref="Flux2Transformer.WeightFormat"/>).</summary>
+    public string WeightFormat => Transformer.WeightFormat;
     /// <summary>One line per component: what was loaded from where.</summary>
     public IReadOnlyList<string> LoadReport { get; } = report;
 

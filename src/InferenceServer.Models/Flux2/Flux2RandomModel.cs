@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using InferenceServer.Models.Flux2.Autoencoder;
+using InferenceServer.Models.Quantization;
 using InferenceServer.Models.Qwen3;
 using InferenceServer.Models.Weights;
 using TorchSharp;
@@ -22,17 +23,31 @@ public static class Flux2RandomModel
     static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     /// <summary>Every component's progress: (component, bytes written so far, total bytes of that component).</summary>
+    /// <param name="transformerQuantization">Fp8 or Int8: the transformer is written quantized (BFL layout only; the random
+    /// BF16 weights quantized tensor by tensor, FP8 in the official scaled-FP8 layout) as <c>flux-2-NAME-fp8.safetensors</c> / <c>-int8</c>.</param>
     public static void Write(Flux2ModelCard card, Flux2Layout layout, string outDir, ScalarType dtype, long seed,
-        Action<string, long, long>? progress = null)
+        Action<string, long, long>? progress = null, WeightQuantization transformerQuantization = WeightQuantization.None)
     {
         Directory.CreateDirectory(outDir);
         var meta = new Dictionary<string, string> { ["format"] = "pt", ["generator"] = $"inference-server random-checkpoint seed={seed}" };
 
         // transformer
-        var tSpecs = Flux2RandomCheckpoint.Specs(card.Transformer, layout, dtype);
-        long tTotal = tSpecs.Sum(s => s.ByteLength);
-        Flux2RandomCheckpoint.Write(card.Transformer, layout, outDir, card.BflFile ?? Flux2Checkpoint.BflFileName(card.Name.Replace("flux2-", "")),
-            dtype, seed, new Inline(b => progress?.Invoke("transformer", b, tTotal)));
+        string bflFile = card.BflFile ?? Flux2Checkpoint.BflFileName(card.Name.Replace("flux2-", ""));
+        if (transformerQuantization != WeightQuantization.None)
+        {
+            if (layout != Flux2Layout.Bfl) throw new ArgumentException("an 8-bit random transformer is written in the BFL layout only", nameof(layout));
+            using var random = new RandomTransformerSource(card.Transformer, seed, dtype);
+            long qTotal = Flux2Quantize.OutputBytes(random, transformerQuantization);
+            string suffix = transformerQuantization == WeightQuantization.Fp8 ? "-fp8" : "-int8";
+            Flux2Quantize.WriteTransformer(random, Path.Combine(outDir, Path.GetFileNameWithoutExtension(bflFile) + suffix + ".safetensors"), transformerQuantization,
+                new Inline(b => progress?.Invoke("transformer", b, qTotal)), meta);
+        }
+        else
+        {
+            var tSpecs = Flux2RandomCheckpoint.Specs(card.Transformer, layout, dtype);
+            long tTotal = tSpecs.Sum(s => s.ByteLength);
+            Flux2RandomCheckpoint.Write(card.Transformer, layout, outDir, bflFile, dtype, seed, new Inline(b => progress?.Invoke("transformer", b, tTotal)));
+        }
 
         // VAE
         var vaeConfig = Flux2ModelFolder.VaeConfig(card);
@@ -137,7 +152,7 @@ public static class Flux2RandomModel
     }
 
     /// <summary>VAE values: conv/linear weights random; GroupNorm weight 1, every bias 0; BatchNorm mean 0, var 1, count 0.</summary>
-    static Tensor VaeTensor(TensorSpec s, long seed)
+    internal static Tensor VaeTensor(TensorSpec s, long seed)
     {
         var dt = s.DType.ToScalarType();
         if (s.Name.EndsWith("num_batches_tracked", StringComparison.Ordinal)) return zeros(s.Shape, ScalarType.Int64);
@@ -184,6 +199,36 @@ public static class Flux2RandomModel
     };
 
     static void WriteJson(string path, JsonNode node) => File.WriteAllText(path, node.ToJsonString(Indented) + "\n");
+
+    /// <summary>The random transformer (<see cref="Flux2RandomCheckpoint.Parameter"/>) as a tensor source with BFL keys: nothing on disk.</summary>
+    sealed class RandomTransformerSource : ITensorSource
+    {
+        readonly Dictionary<string, TensorEntry> byName;
+        readonly long seed;
+        readonly ScalarType dtype;
+
+        public RandomTransformerSource(Flux2Config config, long seed, ScalarType dtype)
+        {
+            this.seed = seed;
+            this.dtype = dtype;
+            var st = SafetensorsDTypes.FromScalarType(dtype);
+            Entries = Flux2Specs.Parameters(config).Select(p => new TensorEntry(p.Name, st, p.Shape, 0, p.ElementCount * st.Size(), "(random)")).ToList();
+            byName = Entries.ToDictionary(e => e.Name, StringComparer.Ordinal);
+        }
+
+        public IReadOnlyList<TensorEntry> Entries { get; }
+        public bool TryGetEntry(string name, out TensorEntry entry) => byName.TryGetValue(name, out entry!);
+
+        public Tensor Load(string name, ScalarType? dtype = null, Device? device = null)
+        {
+            var t = Flux2RandomCheckpoint.Parameter(name, byName[name].Shape, this.dtype, seed);
+            if (dtype is { } d && d != t.dtype) { var c = t.to(d); t.Dispose(); t = c; }
+            return t;
+        }
+
+        public Tensor LoadRaw(string name) => throw new NotSupportedException("a random source has no stored bytes");
+        public void Dispose() { }
+    }
 
     sealed class Inline(Action<long> report) : IProgress<long>
     {

@@ -15,10 +15,10 @@ namespace InferenceServer.Models.Flux2;
 /// </summary>
 public sealed class Flux2Transformer : Module
 {
-    readonly Linear img_in;                           // [hidden, in_channels]
+    readonly Module<Tensor, Tensor> img_in;                         // [hidden, in_channels]
     readonly MLPEmbedder time_in;
     readonly MLPEmbedder? guidance_in;                // only when use_guidance_embed
-    readonly Linear txt_in;                           // [hidden, context_in_dim]
+    readonly Module<Tensor, Tensor> txt_in;                         // [hidden, context_in_dim]
     readonly ModuleList<DoubleStreamBlock> double_blocks;
     readonly ModuleList<SingleStreamBlock> single_blocks;
     readonly Modulation double_stream_modulation_img; // lin: [6*hidden, hidden]
@@ -51,11 +51,17 @@ public sealed class Flux2Transformer : Module
         foreach (var (_, p) in named_parameters()) p.requires_grad = false;
     }
 
-    /// <summary>The dtype of the parameters (all share one).</summary>
-    public ScalarType DType => img_in.weight!.dtype;
+    /// <summary>The dtype of the floating-point parameters (all share one) and of the activations; 8-bit weights are dequantized to it.</summary>
+    public ScalarType DType => parameters().First(p => p.is_floating_point()).dtype;
 
     /// <summary>The device of the parameters.</summary>
-    public Device Device => img_in.weight!.device;
+    public Device Device => parameters().First().device;
+
+    /// <summary>
+    /// How the weights are stored and multiplied, e.g. "bf16", "fp8 weights (e4m3, per-tensor scale), dequantized per layer (cpu)",
+    /// "fp8 scaled_mm (cuda)" or "int8 weight-only (per-output-channel scale), dequantized per layer (cpu)": for ListModels and the log.
+    /// </summary>
+    public string WeightFormat => Quantization.WeightQuantizer.Describe(this);
 
     /// <summary>
     /// Predicts the flow velocity of the image tokens.

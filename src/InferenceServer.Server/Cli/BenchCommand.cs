@@ -32,7 +32,7 @@ namespace InferenceServer.Server.Cli;
 /// </summary>
 internal static class BenchCommand
 {
-    /// <summary>The dtypes <c>--dtype</c> accepts (8-bit ones fail in <see cref="ComputeDType"/> until quantization lands).</summary>
+    /// <summary>The dtypes <c>--dtype</c> accepts (see <see cref="WeightsChoice"/>).</summary>
     static readonly string[] DTypes = ["bf16", "fp8", "int8", "fp32"];
 
     internal sealed record Settings(string Model, string Size, int? Steps, int Batch, string DType, int Runs, int Warmup, string Device,
@@ -44,7 +44,7 @@ internal static class BenchCommand
         var size = new Option<string>("--size") { Description = "WxH (rounded to multiples of 16 like any request)", DefaultValueFactory = _ => "1024x1024" };
         var steps = new Option<int?>("--steps") { Description = "Sampling steps (default: the model card's)" };
         var batch = new Option<int>("--batch") { Description = "Images per request (n)", DefaultValueFactory = _ => 1 };
-        var dtype = new Option<string>("--dtype") { Description = "Weights: bf16, fp32 (fp8, int8: with 8-bit weights)", DefaultValueFactory = _ => "bf16" };
+        var dtype = new Option<string>("--dtype") { Description = "Weights: bf16, fp32 (fp8, int8: 8-bit transformer weights, bf16 compute)", DefaultValueFactory = _ => "bf16" };
         dtype.AcceptOnlyFromAmong(DTypes);
         var runs = new Option<int>("--runs") { Description = "Timed runs", DefaultValueFactory = _ => 5 };
         var warmup = new Option<int>("--warmup") { Description = "Untimed runs first", DefaultValueFactory = _ => 1 };
@@ -76,13 +76,8 @@ internal static class BenchCommand
     /// The compute dtype of a <c>--dtype</c> value: the one place 8-bit weights get wired in (fp8: F8_E4M3 weights with
     /// BF16 compute, int8: int8 weights with BF16 compute) when the quantization work lands; until then they are refused.
     /// </summary>
-    internal static ScalarType ComputeDType(string dtype) => dtype switch
-    {
-        "bf16" => ScalarType.BFloat16,
-        "fp32" => ScalarType.Float32,
-        "fp8" or "int8" => throw new ArgumentException($"--dtype {dtype}: 8-bit weights are not available in this build (use bf16 or fp32)"),
-        _ => throw new ArgumentException($"--dtype {dtype}: expected one of {string.Join(", ", DTypes)}"),
-    };
+    /// <summary>The compute dtype (bf16 for the 8-bit choices, whose matmul peak is measured in bf16).</summary>
+    internal static ScalarType ComputeDType(string dtype) => WeightsChoice.Parse(dtype).Compute;
 
     static int Run(Settings s)
     {
@@ -99,7 +94,7 @@ internal static class BenchCommand
         AnsiConsole.MarkupLine($"matmul peak: {peakTflops.ToString("F3", CultureInfo.InvariantCulture)} TFLOP/s ({peakN}x{peakN} {s.DType}, {peakMs.ToString("F2", CultureInfo.InvariantCulture)} ms each)");
 
         var load = Stopwatch.StartNew();
-        using var model = Flux2ModelFolder.Load(s.Model, dtype, device);
+        using var model = Flux2ModelFolder.Load(s.Model, new Flux2LoadOptions(dtype, WeightsChoice.Parse(s.DType).Quantization) { Device = device });
         double loadMs = load.Elapsed.TotalMilliseconds;
         foreach (var line in model.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));
         using var pipeline = new GenerationPipeline(model);
@@ -204,6 +199,7 @@ internal static class BenchCommand
             ["model_card"] = model.Card.Name,
             ["device"] = device.ToString(),
             ["dtype"] = s.DType,
+            ["weights"] = model.WeightFormat,
             ["torch_threads"] = get_num_threads(),
             ["size"] = $"{first.Width}x{first.Height}",
             ["width"] = first.Width,

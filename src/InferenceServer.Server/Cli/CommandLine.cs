@@ -16,6 +16,7 @@ public static class CommandLine
     {
         yield return InspectCommand.Create();
         yield return RandomCheckpointCommand.Create();
+        yield return QuantizeCommand.Create();
         yield return GenerateCommand.Create("generate");
         yield return GenerateCommand.Create("edit");
         yield return ServeCommand.Create();

@@ -12,7 +12,7 @@ namespace InferenceServer.Server.Cli;
 
 /// <summary>
 /// <c>inference-server generate --model DIR --prompt TEXT [--image FILE]... [--size WxH|W:H|auto | --aspect-ratio R --resolution T]
-/// [--n K] [--seed S] [--steps N] [--guidance G] [--format png|jpeg|webp|avif] [--quality Q] [--dtype bf16|fp32] [--device auto|cpu|cuda] --out FILE</c>;
+/// [--n K] [--seed S] [--steps N] [--guidance G] [--format png|jpeg|webp|avif] [--quality Q] [--dtype bf16|fp32|fp8|int8] [--device auto|cpu|cuda] --out FILE</c>;
 /// <c>edit</c> is the same verb and requires at least one <c>--image</c>. With n &gt; 1 the files are FILE-0.ext, FILE-1.ext, ...
 /// A progress bar per step, then the stage timings. Bad input: exit code 2 and one line on stderr.
 /// </summary>
@@ -33,8 +33,8 @@ internal static class GenerateCommand
         var guidance = new Option<double?>("--guidance") { Description = "Guidance (models that embed it, or CFG models)" };
         var format = new Option<string>("--format") { Description = "png, jpeg, webp or avif", DefaultValueFactory = _ => "png" };
         var quality = new Option<int?>("--quality") { Description = "0-100" };
-        var dtype = new Option<string>("--dtype") { Description = "Compute dtype of the weights", DefaultValueFactory = _ => "bf16" };
-        dtype.AcceptOnlyFromAmong("bf16", "fp32");
+        var dtype = new Option<string>("--dtype") { Description = "Weights: bf16, fp32, fp8 or int8 (8-bit transformer weights, bf16 compute)", DefaultValueFactory = _ => "bf16" };
+        dtype.AcceptOnlyFromAmong(WeightsChoice.Names);
         var device = new Option<string>("--device") { Description = "auto (CUDA when libtorch has it and sees a GPU), cpu, cuda or cuda:N", DefaultValueFactory = _ => "auto" };
         var repeat = new Option<int>("--repeat") { Description = "Run the request this many times in one process (timings of each; repeats hit the prompt cache)", DefaultValueFactory = _ => 1 };
         var outFile = new Option<string>("--out") { Description = "Output file (n > 1: FILE-0.ext, FILE-1.ext, ...)", Required = true };
@@ -61,7 +61,7 @@ internal static class GenerateCommand
                     Format = fmt,
                     Quality = r.GetValue(quality),
                 };
-                return Run(r.GetValue(model)!, request, r.GetValue(dtype) == "fp32" ? ScalarType.Float32 : ScalarType.BFloat16, r.GetValue(device)!, r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
+                return Run(r.GetValue(model)!, request, r.GetValue(dtype)!, r.GetValue(device)!, r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
             }
             catch (Exception e) when (e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or ImageDecodeException)
             {
@@ -76,12 +76,13 @@ internal static class GenerateCommand
     internal static string OutputPath(string file, int i, int n) =>
         n == 1 ? file : Path.Combine(Path.GetDirectoryName(file) ?? "", $"{Path.GetFileNameWithoutExtension(file)}-{i}{Path.GetExtension(file)}");
 
-    static int Run(string modelDir, GenerationRequest request, ScalarType dtype, string deviceName, string outFile, int repeat)
+    static int Run(string modelDir, GenerationRequest request, string weights, string deviceName, string outFile, int repeat)
     {
         TorchRuntime.EnsureInitialized();
         var device = ComputeDevice.Resolve(deviceName);
         var load = System.Diagnostics.Stopwatch.StartNew();
-        using var model = Flux2ModelFolder.Load(modelDir, dtype, device);
+        var (dtype, quantization) = WeightsChoice.Parse(weights);
+        using var model = Flux2ModelFolder.Load(modelDir, new Flux2LoadOptions(dtype, quantization) { Device = device });
         foreach (var line in model.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));
         AnsiConsole.MarkupLine($"loaded in {load.Elapsed.TotalSeconds:F1} s");
         if (ComputeDevice.IsCuda(device)) AnsiConsole.MarkupLine($"warm-up on {device}: {Flux2Warmup.Run(model):F0} ms");

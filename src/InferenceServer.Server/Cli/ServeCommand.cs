@@ -18,7 +18,7 @@ internal static class ServeCommand
         var httpPort = new Option<int?>("--http-port") { Description = "OpenAI-compatible HTTP port (default 8080; 0: any free port)" };
         var grpcPort = new Option<int?>("--grpc-port") { Description = "gRPC port (default 50051; 0: any free port)" };
         var bind = new Option<string?>("--bind") { Description = "Address to listen on (default 0.0.0.0)" };
-        var dtype = new Option<string?>("--dtype") { Description = "Weights dtype: bf16 (default) or fp32" };
+        var dtype = new Option<string?>("--dtype") { Description = "Weights: bf16 (default), fp32, fp8 or int8 (8-bit transformer weights, bf16 compute)" };
         var apiKey = new Option<string[]>("--api-key") { Description = "Accepted API key (repeat for several); none: no auth" };
         var maxQueue = new Option<int?>("--max-queue") { Description = "Requests waiting before 429 / RESOURCE_EXHAUSTED (default 64)" };
         var maxBatch = new Option<int?>("--max-batch") { Description = "Images per engine batch (default 4)" };

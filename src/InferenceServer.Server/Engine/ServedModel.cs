@@ -21,14 +21,9 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
     /// <summary>Loads a model folder with the server's limits; <paramref name="log"/> gets one line per component.</summary>
     public static ServedModel Load(string dir, string? name, ServerOptions options, Action<string>? log = null)
     {
-        var dtype = options.DType.ToLowerInvariant() switch
-        {
-            "bf16" or "bfloat16" => ScalarType.BFloat16,
-            "fp32" or "float32" => ScalarType.Float32,
-            var d => throw new ArgumentException($"dtype '{d}': expected bf16 or fp32"),
-        };
+        var (dtype, quantization) = Cli.WeightsChoice.Parse(options.DType);
         var device = ComputeDevice.Resolve(options.Device);
-        var model = Flux2ModelFolder.Load(dir, dtype, device);
+        var model = Flux2ModelFolder.Load(dir, new Flux2LoadOptions(dtype, quantization) { Device = device });
         foreach (var line in model.LoadReport) log?.Invoke(line);
         var l = options.Limits;
         var pipeline = new GenerationPipeline(model, new PipelineOptions
@@ -37,7 +32,7 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
             Sizes = new SizeLimits { MinSide = l.MinSide, MaxSide = l.MaxSide, MaxPixels = l.MaxOutputPixels },
             Decode = new ImageLimits { MaxPixels = l.MaxInputPixels },
         });
-        return new ServedModel(name ?? model.Card.Name, pipeline, dtype == ScalarType.BFloat16 ? "bfloat16" : "float32", device.ToString(), isDefault: true);
+        return new ServedModel(name ?? model.Card.Name, pipeline, $"{(dtype == ScalarType.BFloat16 ? "bfloat16" : "float32")}; {model.WeightFormat}", device.ToString(), isDefault: true);
     }
 
     /// <summary>

@@ -42,4 +42,15 @@ public sealed class SchedulerTests
         e = await Assert.ThrowsAsync<ServiceException>(() => server.Scheduler.GenerateAsync(Job("x", 1) with { Model = "nope" }));
         Assert.Equal((ErrorKind.NotFound, "model"), (e.Kind, e.Param));
     }
+
+    [Theory]
+    [InlineData("int8", "int8")]
+    [InlineData("fp8", "fp8 weights")]
+    public async Task Serves_8_bit_weights_and_reports_them_in_the_model_list(string dtype, string format)
+    {
+        await using var server = await RunningServer.StartAsync(o => o.DType = dtype);
+        Assert.Contains(format, Assert.Single(server.Scheduler.Models).LoadedDType, StringComparison.OrdinalIgnoreCase);
+        var r = await server.Scheduler.GenerateAsync(Job("a quantized fox", 3));
+        Assert.Single(r.Generation.Images);
+    }
 }
