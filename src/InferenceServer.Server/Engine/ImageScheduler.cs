@@ -34,6 +34,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     bool draining;
     int running;
     int disposed;
+    int lastBatchRequests, arrivedDuringBatch;   // under gate: is there concurrent load worth a gathering window?
 
     public ImageScheduler(IOptions<ServerOptions> options, ILogger<ImageScheduler> log, ServerMetrics metrics,
         Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>>? loadModels = null)
@@ -126,6 +127,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                     retryAfter: options.Queue.RetryAfter);
             }
             job.Node = queue.AddLast(job);
+            if (running > 0) arrivedDuringBatch++;
             position = queue.Count - 1 + running;
             metrics.QueueDepth(queue.Count);
             Monitor.PulseAll(gate);
@@ -219,7 +221,10 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                     Monitor.Wait(gate);
                 if (queue.Count == 0) break;                                  // draining and nothing left
                 batch = Gather();
-                if (Images(batch) < options.Queue.MaxBatchImages && options.Queue.GatherWindow > TimeSpan.Zero && !draining)
+                // Wait for companions only under concurrent load (the last batch was shared, or requests arrived while it ran):
+                // a lone client must not pay the window on every request.
+                bool concurrent = lastBatchRequests > 1 || arrivedDuringBatch > 0 || queue.Count > 1;
+                if (concurrent && Images(batch) < options.Queue.MaxBatchImages && options.Queue.GatherWindow > TimeSpan.Zero && !draining)
                 {
                     // A short window for compatible requests arriving together (a client's burst); jobs stay queued meanwhile.
                     var until = Stopwatch.GetTimestamp() + (long)(options.Queue.GatherWindow.TotalSeconds * Stopwatch.Frequency);
@@ -234,6 +239,8 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                 }
                 foreach (var j in batch) queue.Remove(j.Node!);
                 running = batch.Count;
+                lastBatchRequests = batch.Count;
+                arrivedDuringBatch = 0;
                 metrics.QueueDepth(queue.Count);
             }
             try { RunBatch(batch); }

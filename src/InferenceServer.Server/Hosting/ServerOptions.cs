@@ -43,9 +43,9 @@ public sealed class QueueOptions
     public int MaxQueued { get; set; } = 64;
     /// <summary>Images (rows) in one engine batch.</summary>
     public int MaxBatchImages { get; set; } = 4;
-    /// <summary>Image tokens (rows x (W/16) x (H/16), references included) in one batch: the memory budget.</summary>
+    /// <summary>Output image tokens (rows x (W/16) x (H/16)) in one batch: the memory budget.</summary>
     public long MaxBatchTokens { get; set; } = 4 * 4096 + 4 * 4096;
-    /// <summary>How long the engine waits for compatible requests to join a batch once it has one.</summary>
+    /// <summary>Under concurrent load (the last batch was shared or requests arrived while it ran), how long the engine waits for compatible requests to join a batch; a lone client never waits.</summary>
     public TimeSpan GatherWindow { get; set; } = TimeSpan.FromMilliseconds(10);
     /// <summary>Default request deadline when the client sets none.</summary>
     public TimeSpan DefaultTimeout { get; set; } = TimeSpan.FromMinutes(10);
