@@ -195,6 +195,13 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     {
         try
         {
+            if (options.Model is null)
+                log.LogWarning("""
+                    ************************************************************************************************
+                    No --model given: serving the embedded TINY RANDOM-WEIGHT model. Its images are NOISE.
+                    It is for a first try, tests and load measurements; serve a real FLUX.2 folder with --model DIR.
+                    ************************************************************************************************
+                    """);
             models = loadModels(options, line => log.LogInformation("{Line}", line));
             foreach (var m in models)
             {

@@ -32,7 +32,7 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
             Sizes = new SizeLimits { MinSide = l.MinSide, MaxSide = l.MaxSide, MaxPixels = l.MaxOutputPixels },
             Decode = new ImageLimits { MaxPixels = l.MaxInputPixels },
         });
-        return new ServedModel(name ?? model.Card.Name, pipeline, $"{(dtype == ScalarType.BFloat16 ? "bfloat16" : "float32")}; {model.WeightFormat}", device.ToString(), isDefault: true);
+        return new ServedModel(name ?? model.Card.Name, pipeline, model.WeightFormat, device.ToString(), isDefault: true);
     }
 
     /// <summary>
