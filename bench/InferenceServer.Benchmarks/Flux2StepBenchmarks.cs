@@ -1,6 +1,7 @@
 using BenchmarkDotNet.Attributes;
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
+using InferenceServer.Models.Quantization;
 using InferenceServer.Pipeline.Flux2;
 using static TorchSharp.torch;
 
@@ -18,13 +19,16 @@ namespace InferenceServer.Benchmarks;
 [MemoryDiagnoser(false)]
 public class Flux2StepBenchmarks
 {
+    /// <summary>bf16, fp32, int8 or fp8 (8-bit: the transformer's linears quantized in memory, bf16 compute).</summary>
     [ParamsSource(nameof(DTypes))]
-    public ScalarType DType { get; set; }
+    public string Weights { get; set; } = "bf16";
 
-    /// <summary>BFloat16 and Float32, or only those named in FLUX2_BENCH_DTYPES (e.g. "bf16" or "fp32,bf16").</summary>
-    public static IEnumerable<ScalarType> DTypes() =>
+    ScalarType DType => Weights == "fp32" ? ScalarType.Float32 : ScalarType.BFloat16;
+
+    /// <summary>bf16 and fp32, or those named in FLUX2_BENCH_DTYPES (e.g. "bf16,fp32,int8,fp8").</summary>
+    public static IEnumerable<string> DTypes() =>
         (Environment.GetEnvironmentVariable("FLUX2_BENCH_DTYPES") ?? "bf16,fp32").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
-            .Select(n => n == "fp32" ? ScalarType.Float32 : n == "bf16" ? ScalarType.BFloat16 : throw new ArgumentException($"FLUX2_BENCH_DTYPES: unknown dtype '{n}' (bf16, fp32)"));
+            .Select(n => n is "bf16" or "fp32" or "int8" or "fp8" ? n : throw new ArgumentException($"FLUX2_BENCH_DTYPES: unknown dtype '{n}' (bf16, fp32, int8, fp8)"));
 
     Flux2Transformer? model;
     Tensor? x, xIds, ctx, ctxIds, t;
@@ -38,11 +42,17 @@ public class Flux2StepBenchmarks
         if (int.TryParse(Environment.GetEnvironmentVariable("FLUX2_BENCH_SINGLE"), out int s)) cfg = cfg with { DepthSingleBlocks = s };
         var dev = Blocks.BenchDevice.Device;
         model = new Flux2Transformer(cfg, device: dev, dtype: DType); // built directly in DType on the device: no FP32 copy of a BF16 model
+        if (Weights is "int8" or "fp8")
+        {
+            var q = WeightQuantizer.Parse(Weights);
+            WeightQuantizer.QuantizeInPlace(model, WeightQuantizer.FormatOf(q), Flux2Quantize.Select(q));
+            GC.Collect();
+        }
         (x, xIds) = Flux2Packing.BatchedPrcImg(randn(1, cfg.InChannels, 16, 16, device: dev));
         (ctx, ctxIds) = Flux2Packing.BatchedPrcTxt(randn(1, 512, cfg.ContextInDim, device: dev));
         t = full(1, 0.9f, device: dev);
         Console.WriteLine($"// FLUX.2 step benchmark: {cfg.Depth} double + {cfg.DepthSingleBlocks} single blocks, hidden {cfg.HiddenSize}, " +
-            $"{Flux2Specs.ParameterCount(cfg):N0} parameters, {DType}, {x.shape[1]} image + {ctx.shape[1]} text tokens, torch threads {get_num_threads()}, device {dev}");
+            $"{Flux2Specs.ParameterCount(cfg):N0} parameters, {Weights} ({model.WeightFormat}), {x.shape[1]} image + {ctx.shape[1]} text tokens, torch threads {get_num_threads()}, device {dev}");
     }
 
     [IterationSetup]
@@ -60,7 +70,7 @@ public class Flux2StepBenchmarks
     [GlobalCleanup]
     public void Cleanup()
     {
-        Console.WriteLine($"// {DType}: peak RSS during steps {peakRss / 1024.0 / 1024.0:F2} GiB (VmHWM), RSS now {ReadStatusKb("VmRSS") / 1024.0 / 1024.0:F2} GiB");
+        Console.WriteLine($"// {Weights}: peak RSS during steps {peakRss / 1024.0 / 1024.0:F2} GiB (VmHWM), RSS now {ReadStatusKb("VmRSS") / 1024.0 / 1024.0:F2} GiB");
         model?.Dispose();
         foreach (var v in new[] { x, xIds, ctx, ctxIds, t }) v?.Dispose();
         peakRss = 0;

@@ -22,10 +22,10 @@ public static class BenchDevice
     /// <summary>Waits for the device (no-op on the CPU).</summary>
     public static void Sync() => ComputeDevice.Synchronize(Device);
 
-    /// <summary>BFloat16 and Float32, or those named in FLUX2_BENCH_DTYPES.</summary>
+    /// <summary>BFloat16 and Float32, or those named in FLUX2_BENCH_DTYPES (the 8-bit names there are for the Flux2Step suite only).</summary>
     public static IEnumerable<ScalarType> DTypes() =>
         (Environment.GetEnvironmentVariable("FLUX2_BENCH_DTYPES") ?? "bf16,fp32").Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
-            .Select(n => n == "fp32" ? ScalarType.Float32 : n == "bf16" ? ScalarType.BFloat16 : throw new ArgumentException($"FLUX2_BENCH_DTYPES: unknown dtype '{n}' (bf16, fp32)"));
+            .Where(n => n is not ("int8" or "fp8")).Select(n => n == "fp32" ? ScalarType.Float32 : n == "bf16" ? ScalarType.BFloat16 : throw new ArgumentException($"FLUX2_BENCH_DTYPES: unknown dtype '{n}' (bf16, fp32)"));
 
     /// <summary>The transformer config of FLUX2_BENCH_CARD.</summary>
     public static Flux2Config Config() => ModelCards.Load(Environment.GetEnvironmentVariable("FLUX2_BENCH_CARD") ?? "flux2-klein-4b").Transformer;

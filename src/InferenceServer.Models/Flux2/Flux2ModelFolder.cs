@@ -82,7 +82,7 @@ public static class Flux2ModelFolder
             // The diffusers view needs the config; a wrong one fails on shapes, which is the answer.
             try
             {
-                var view = Flux2Diffusers.AsBfl(new NonDisposing(source), config);
+                var view = Flux2Diffusers.AsBfl(new NonDisposingSource(source), config);
                 return specs.All(s => view.TryGetEntry(s.Name, out var e) && e.Shape.SequenceEqual(s.Shape)) && view.Entries.Count == specs.Count;
             }
             catch (Exception e) when (e is InvalidDataException or ArgumentException or KeyNotFoundException) { return false; }
@@ -183,15 +183,6 @@ public static class Flux2ModelFolder
     {
         if (folder ? Directory.Exists(path) : File.Exists(path)) return path;
         throw new FileNotFoundException($"model folder is missing {(folder ? "the folder" : "the file")} {path}", path);
-    }
-
-    sealed class NonDisposing(ITensorSource inner) : ITensorSource
-    {
-        public IReadOnlyList<TensorEntry> Entries => inner.Entries;
-        public bool TryGetEntry(string name, out TensorEntry entry) => inner.TryGetEntry(name, out entry);
-        public Tensor Load(string name, ScalarType? dtype = null, Device? device = null) => inner.Load(name, dtype, device);
-        public Tensor LoadRaw(string name) => inner.LoadRaw(name);
-        public void Dispose() { }
     }
 }
 

@@ -36,7 +36,7 @@ public static class Flux2Quantize
         IReadOnlyDictionary<string, string>? metadata = null)
     {
         if (to == WeightQuantization.None) throw new ArgumentException("choose fp8 or int8", nameof(to));
-        var q = new QuantizedCheckpoint(new NonDisposing(source), to, Select(to));
+        var q = new QuantizedCheckpoint(new NonDisposingSource(source), to, Select(to));
         if (q.IsPrequantized) throw new InvalidDataException("the checkpoint already holds 8-bit weights");
         var meta = new Dictionary<string, string>(metadata ?? new Dictionary<string, string>()) { ["format"] = "pt" };
         var layers = new JsonObject();
@@ -52,7 +52,7 @@ public static class Flux2Quantize
 
     /// <summary>Total data bytes the quantized file will hold.</summary>
     public static long OutputBytes(ITensorSource source, WeightQuantization to) =>
-        Specs(new QuantizedCheckpoint(new NonDisposing(source), to, Select(to))).Sum(s => s.ByteLength);
+        Specs(new QuantizedCheckpoint(new NonDisposingSource(source), to, Select(to))).Sum(s => s.ByteLength);
 
     /// <summary>
     /// Quantizes a model folder: <paramref name="outDir"/> gets the same layout with the transformer as one quantized
@@ -84,7 +84,7 @@ public static class Flux2Quantize
             File.Copy(file, dst, overwrite: true);
         }
         using var source = Checkpoint.Open(tPath);
-        using var bfl = Flux2Checkpoint.AsBfl(new NonDisposing(source), card.Transformer);
+        using var bfl = Flux2Checkpoint.AsBfl(new NonDisposingSource(source), card.Transformer);
         long total = OutputBytes(bfl, to);
         WriteTransformer(bfl, outT, to, new Inline(b => progress?.Invoke("transformer", b, total)),
             new Dictionary<string, string> { ["generator"] = $"inference-server quantize --to {suffix}" });
@@ -94,14 +94,5 @@ public static class Flux2Quantize
     sealed class Inline(Action<long> report) : IProgress<long>
     {
         public void Report(long value) => report(value);
-    }
-
-    sealed class NonDisposing(ITensorSource inner) : ITensorSource
-    {
-        public IReadOnlyList<TensorEntry> Entries => inner.Entries;
-        public bool TryGetEntry(string name, out TensorEntry entry) => inner.TryGetEntry(name, out entry);
-        public Tensor Load(string name, ScalarType? dtype = null, Device? device = null) => inner.Load(name, dtype, device);
-        public Tensor LoadRaw(string name) => inner.LoadRaw(name);
-        public void Dispose() { }
     }
 }

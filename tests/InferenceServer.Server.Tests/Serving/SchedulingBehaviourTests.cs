@@ -116,4 +116,28 @@ public sealed class SchedulingBehaviourTests(ITestOutputHelper output)
         await stop;
         await server.DisposeAsync();
     }
+
+    [Fact]
+    public async Task A_different_size_waits_for_at_most_one_batch_of_others_arriving_after_it()
+    {
+        // Engine busy with a slow job; then A1, B1 (another size), A2..A5 queue up. The oldest job always runs next, so B1
+        // runs right after A1's batch (A1 + A2 at 2 images per batch), before A3..A5 which came after it.
+        await using var server = await RunningServer.StartAsync(o => { o.Queue.MaxBatchImages = 2; o.Queue.GatherWindow = TimeSpan.Zero; });
+        var started = new TaskCompletionSource();
+        var blocker = server.Scheduler.GenerateAsync(Job("blocker", 0, size: "256x256", steps: 12), e => { if (e is JobEvent.Progress) started.TrySetResult(); });
+        await started.Task;
+        var order = new List<string>();
+        async Task Run(string name, string size)
+        {
+            await server.Scheduler.GenerateAsync(Job(name, 1, size: size));
+            lock (order) order.Add(name);
+        }
+        var tasks = new List<Task> { Run("A1", "64x64"), Run("B1", "128x64") };
+        for (int i = 2; i <= 5; i++) tasks.Add(Run($"A{i}", "64x64"));
+        Assert.Equal(6, server.Scheduler.QueueDepth);
+        await Task.WhenAll(tasks.Append(blocker));
+        output.WriteLine(string.Join(" ", order));
+        Assert.True(order.IndexOf("B1") < order.IndexOf("A3"), $"completion order {string.Join(" ", order)}");
+        Assert.True(order.IndexOf("B1") < order.IndexOf("A5"));
+    }
 }
