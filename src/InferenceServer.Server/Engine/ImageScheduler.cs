@@ -112,27 +112,27 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         // A deadline already past fires at once; anything beyond a day (incl. "infinite" gRPC deadlines) is a day.
         var timeout = request.Timeout ?? options.Queue.DefaultTimeout;
         timeout = timeout < TimeSpan.FromMilliseconds(1) ? TimeSpan.FromMilliseconds(1) : timeout > TimeSpan.FromDays(1) ? TimeSpan.FromDays(1) : timeout;
-        var deadline = new CancellationTokenSource(timeout);
-        var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token, stopping.Token);
-        var job = new Job(request, model, prepared, linked.Token, onEvent, admitted);
+        CancellationTokenSource deadline, linked;
+        Job job;
         int position;
         lock (gate)
         {
             if (draining) throw new ServiceException(ErrorKind.Unavailable, "the server is shutting down", retryAfter: options.Queue.RetryAfter);
             if (queue.Count >= options.Queue.MaxQueued)
-            {
-                metrics.Rejected(request.Origin, "queue_full");
                 throw new ServiceException(ErrorKind.ResourceExhausted,
                     $"the queue is full ({options.Queue.MaxQueued} requests waiting); retry after {options.Queue.RetryAfter.TotalSeconds:0.#} s",
                     retryAfter: options.Queue.RetryAfter);
-            }
+            // Made only once admitted: a refused request leaves no timer behind.
+            deadline = new CancellationTokenSource(timeout);
+            linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token, stopping.Token);
+            job = new Job(request, model, prepared, linked.Token, onEvent, admitted);
             job.Node = queue.AddLast(job);
             if (running > 0) arrivedDuringBatch++;
             position = queue.Count - 1 + running;
             metrics.QueueDepth(queue.Count);
+            SafeEvent(job, new JobEvent.Queued(position));   // under the lock: always before the engine's first progress event
             Monitor.PulseAll(gate);
         }
-        SafeEvent(job, new JobEvent.Queued(position));
         using var registration = linked.Token.Register(() => CancelQueued(job));
         try
         {

@@ -75,8 +75,6 @@ public sealed class ServerMetrics
         else requestSeconds.WithLabels(Origin(origin)).Observe(seconds);
     }
 
-    public void Rejected(string origin, string reason) { }
-
     /// <summary>"denoise[0].step2" -> "denoise", "decode[1]" -> "decode".</summary>
     static string StageName(string stage)
     {
