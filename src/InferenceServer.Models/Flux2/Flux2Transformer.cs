@@ -59,7 +59,7 @@ public sealed class Flux2Transformer : Module
 
     /// <summary>
     /// How the weights are stored and multiplied, e.g. "bf16", "fp8 weights (e4m3, per-tensor scale), dequantized per layer (cpu)",
-    /// "fp8 scaled_mm (cuda)" or "int8 weight-only (per-output-channel scale), dequantized per layer (cpu)": for ListModels and the log.
+    /// "fp8 scaled_mm (cuda)" or "int8 weight-only (per-output-channel scale), dequantized per layer to bf16 into a reused buffer (cpu)": for ListModels and the log.
     /// </summary>
     public string WeightFormat => Quantization.WeightQuantizer.Describe(this);
 

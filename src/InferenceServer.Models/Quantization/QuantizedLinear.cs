@@ -79,6 +79,7 @@ public sealed class QuantizedLinear : Module<Tensor, Tensor>
             if (weight.dtype != Fp8ScaledMm.Float8E4M3) ToFloat8Storage();
             return Fp8ScaledMm.Linear(x, weight, weight_scale);
         }
+        if (Format == QuantizedFormat.Int8) return ForwardInt8(x);
         // Dequantization cost, CPU, one [9216, 3072] weight (2 shared cores): FP8 codes by table gather 204 ms (libtorch's own
         // float8 -> bf16 conversion is slower, 315 ms, so the codes stay uint8 here), int8 -> bf16 69 ms; the bf16
         // matmul of 768 tokens through it 150 ms.
@@ -86,6 +87,58 @@ public sealed class QuantizedLinear : Module<Tensor, Tensor>
         var y = functional.linear(x, Unscaled(x.dtype));                      // [..., out]
         var s = PerTensor ? weight_scale.reshape([]) : weight_scale;          // [] or [out]
         return (y * s).to(x.dtype).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Int8: <c>(x q^T) s</c> with q converted to x's dtype (exact) and s cast to x's dtype (as
+    /// <c>torch._weight_int8pack_mm</c> takes it; a bf16 scale is off by at most 2^-9 relative, one rounding).
+    /// <para>CPU cost, one [9216, 3072] weight, 768 bf16 tokens (2 shared cores, medians): a fresh bf16 copy of the
+    /// weight 42-51 ms (each call maps and faults in new pages: 56 MB is above glibc's mmap threshold), a copy into a reused
+    /// buffer 16 ms; the epilogue <c>(y * s_f32).to(bf16)</c> 45 ms (a float32 temporary), <c>y.mul_(s_bf16)</c> 8 ms.
+    /// libtorch's own CPU kernel <c>_weight_int8pack_mm</c> (reachable through TorchScript) was measured and is not used:
+    /// [3072, 3072] 240 ms against 58 ms here (bf16), 11 s in float32, and it crashes the process (SIGSEGV) when the
+    /// input width is not a multiple of its block size (K = 29).</para>
+    /// </summary>
+    Tensor ForwardInt8(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var dtype = x.dtype;
+        var s = (PerTensor ? weight_scale.reshape([]) : weight_scale).to(dtype);  // [] or [out]
+        if (x.device.type != DeviceType.CPU || !ReuseDequantBuffers || (x.requires_grad && is_grad_enabled())) // autograd keeps w
+            return functional.linear(x, weight.to(dtype)).mul_(s).MoveToOuterDisposeScope();
+        var buffer = DequantBuffers.Rent(weight.numel(), dtype);
+        try
+        {
+            var w = buffer.narrow(0, 0, weight.numel()).view(weight.shape).copy_(weight);  // [out, in], exact
+            return functional.linear(x, w).mul_(s).MoveToOuterDisposeScope();
+        }
+        finally { DequantBuffers.Return(buffer); }
+    }
+
+    /// <summary>
+    /// Whether int8 layers on the CPU dequantize into reused buffers (one per concurrent forward and activation dtype, as
+    /// large as the largest int8 weight: 170 MB in bf16 for klein-4B's [27648, 3072]) instead of a fresh tensor per layer.
+    /// Default: true unless the environment variable <c>INFERENCE_SERVER_INT8_REUSE</c> is <c>0</c>.
+    /// </summary>
+    public static bool ReuseDequantBuffers { get; set; } = Environment.GetEnvironmentVariable("INFERENCE_SERVER_INT8_REUSE") != "0";
+
+    /// <summary>Flat CPU buffers for the dequantized int8 weight, kept between forwards (never shared by two at a time).</summary>
+    static class DequantBuffers
+    {
+        static readonly System.Collections.Concurrent.ConcurrentDictionary<ScalarType, System.Collections.Concurrent.ConcurrentBag<Tensor>> free = new();
+
+        public static Tensor Rent(long numel, ScalarType dtype)
+        {
+            var bag = free.GetOrAdd(dtype, _ => new());
+            if (bag.TryTake(out var buffer))
+            {
+                if (buffer.numel() >= numel) return buffer;
+                buffer.Dispose();
+            }
+            return empty([numel], dtype).DetachFromDisposeScope(); // lives in the pool, not in the caller's scope
+        }
+
+        public static void Return(Tensor buffer) => free.GetOrAdd(buffer.dtype, _ => new()).Add(buffer);
     }
 
     /// <summary>

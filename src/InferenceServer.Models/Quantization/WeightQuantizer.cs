@@ -214,7 +214,7 @@ public static class WeightQuantizer
             string scale = perTensor ? "per-tensor scale" : "per-output-channel scale";
             parts.Add(format switch
             {
-                QuantizedFormat.Int8 => $"int8 weight-only ({scale}), dequantized per layer to {dtype} ({where})",
+                QuantizedFormat.Int8 => $"int8 weight-only ({scale}), dequantized per layer to {dtype}{(device.type == DeviceType.CPU && QuantizedLinear.ReuseDequantBuffers ? " into a reused buffer" : "")} ({where})",
                 _ when scaledMm => $"fp8 scaled_mm ({FormatName(format)}, {scale}; {where})",
                 _ => $"fp8 weights ({FormatName(format)}, {scale}), dequantized per layer to {dtype} ({where})",
             });

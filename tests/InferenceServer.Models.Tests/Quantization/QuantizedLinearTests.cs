@@ -117,4 +117,40 @@ public class QuantizedLinearTests(ITestOutputHelper output)
         output.WriteLine($"kernel vs dequantized fallback: rel RMS {rel:G3} (the kernel also rounds activations to fp8)");
         Assert.InRange(rel, 0, 0.06);
     }
+
+    [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float32)]
+    public void Int8_forward_equals_the_dequantized_product_within_rounding(ScalarType dtype)
+    {
+        // Per element: the product accumulates in float32 (error <= in * 2^-24 * sum |x w|) and is rounded to the output
+        // dtype, the scale is cast to the activation dtype, the scaled value is rounded again: 3 roundings of at most 2^-8
+        // relative in bf16 (8 significant bits), 2 of 2^-24 in float32 (the scale is exact there).
+        double tol = dtype == ScalarType.BFloat16 ? 3 * Math.Pow(2, -8) : 2 * Math.Pow(2, -24);
+        bool reuse = QuantizedLinear.ReuseDequantBuffers;
+        try
+        {
+            // Non-multiples of 8 in every dimension; a large layer between small ones (the reused buffer grows, then serves smaller ones).
+            foreach (var (outF, inF, tokens) in new[] { (37L, 29L, 5L), (96L, 256L, 7L), (300L, 517L, 13L), (5L, 3L, 1L), (64L, 100L, 33L) })
+            foreach (bool reuseBuffers in new[] { true, false })
+            {
+                using var scope = NewDisposeScope();
+                QuantizedLinear.ReuseDequantBuffers = reuseBuffers;
+                manual_seed(outF * 1000 + inF);
+                using var layer = QuantizedLinear.FromWeight(randn(outF, inF) / 16, QuantizedFormat.Int8);
+                var x = randn(2, tokens, inF).to(dtype);                                                     // [B, L, in]
+                var y = layer.forward(x);
+                Assert.Equal(dtype, y.dtype);
+                Assert.Equal([2L, tokens, outF], y.shape);
+                var reference = functional.linear(x.to(ScalarType.Float64), layer.Dequantize(ScalarType.Float64)); // exact inputs
+                var err = (y.to(ScalarType.Float64) - reference).abs();
+                var magnitude = functional.linear(x.to(ScalarType.Float64).abs(), layer.Dequantize(ScalarType.Float64).abs());
+                var bound = reference.abs() * tol + magnitude * (inF * Math.Pow(2, -24)) + 1e-12;
+                double worst = (err / bound).max().item<double>();
+                output.WriteLine($"[{outF}, {inF}] x {tokens} tokens, {dtype}, reuse {reuseBuffers}: max error / bound {worst:F3}");
+                Assert.True(worst <= 1, $"[{outF}, {inF}] {dtype}: error {worst} x the rounding bound");
+            }
+        }
+        finally { QuantizedLinear.ReuseDequantBuffers = reuse; }
+    }
 }
