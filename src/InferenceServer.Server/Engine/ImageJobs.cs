@@ -53,4 +53,7 @@ public interface IImageGenerator
 
     /// <summary>True once the default model is loaded and warmed up, until shutdown starts.</summary>
     bool Ready { get; }
+
+    /// <summary>Raised (on the thread that changed it) when <see cref="Ready"/> may have changed: models warm, drain begun.</summary>
+    event Action? ReadinessChanged;
 }

@@ -47,6 +47,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
 
     public IReadOnlyList<ModelDescriptor> Models => models.Select(m => m.Describe()).ToList();
     public bool Ready => !draining && models.Count > 0 && models.All(m => m.Ready);
+    public event Action? ReadinessChanged;
     /// <summary>Completes when the models are loaded and warm (or faults with the load error).</summary>
     public Task Loaded => loaded.Task;
     /// <summary>Jobs waiting, not running.</summary>
@@ -93,6 +94,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
             draining = true;
             Monitor.PulseAll(gate);
         }
+        ReadinessChanged?.Invoke();
         log.LogInformation("draining: {Queued} queued, {Running} running", QueueDepth, running);
     }
 
@@ -210,6 +212,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                 m.Ready = true;
                 log.LogInformation("model {Model} warm in {Ms:0} ms", m.Name, sw.Elapsed.TotalMilliseconds);
             }
+            ReadinessChanged?.Invoke();
             loaded.TrySetResult();
         }
         catch (Exception e)

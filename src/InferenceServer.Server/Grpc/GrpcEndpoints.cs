@@ -40,11 +40,14 @@ public static class GrpcEndpoints
         services.AddGrpcReflection();
         services.AddGrpcHealthChecks(o =>
         {
-            // Check runs the checks now (the publisher's cache is up to 30 s old); Watch still follows the publisher.
+            // Check runs the checks now; Watch follows ReadinessWatcher.
             o.UseHealthChecksCache = false;
             o.Services.Map("", _ => true);
             o.Services.Map(ImageServiceName, r => r.Name == EngineCheck);
         }).AddCheck<EngineHealthCheck>(EngineCheck);
+        // One writer of the Watch statuses: the readiness watcher below. The package's periodic publisher would be a second
+        // one, and a report computed just before a drain could overwrite NOT_SERVING with SERVING for a whole period.
+        foreach (var publisher in services.Where(d => d.ServiceType == typeof(IHealthCheckPublisher)).ToList()) services.Remove(publisher);
         services.AddHostedService<ReadinessWatcher>();
         return services;
     }
@@ -96,20 +99,35 @@ public static class GrpcEndpoints
     /// </summary>
     sealed class ReadinessWatcher(IImageGenerator generator, HealthServiceImpl health) : BackgroundService
     {
-        protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+        readonly Lock gate = new();
+        bool? last;
+
+        /// <summary>Stores the current readiness for Watch streams when it differs from what was stored last.</summary>
+        void Publish()
         {
-            bool? last = null;
-            using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(100));
-            do
+            lock (gate)
             {
                 bool ready = generator.Ready;
-                if (ready == last) continue;
+                if (ready == last) return;
                 var status = ready ? HealthCheckResponse.Types.ServingStatus.Serving : HealthCheckResponse.Types.ServingStatus.NotServing;
                 health.SetStatus("", status);
                 health.SetStatus(ImageServiceName, status);
                 last = ready;
             }
-            while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false));
+        }
+
+        // Event-driven (a ready phase shorter than any polling period is still published), with a 1 s poll as a backstop.
+        protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+        {
+            generator.ReadinessChanged += Publish;
+            try
+            {
+                using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
+                do Publish();
+                while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false));
+            }
+            catch (OperationCanceledException) { }
+            finally { generator.ReadinessChanged -= Publish; }
         }
     }
 

@@ -87,7 +87,7 @@ public sealed class GrpcServerOptionsTests(ITestOutputHelper output)
         var e = await Assert.ThrowsAsync<RpcException>(() => client.GenerateAsync(Small("late")));
         Assert.Equal(StatusCode.Unavailable, e.StatusCode);
         Assert.NotNull(e.Trailers.GetValue("retry-after"));
-        // Watch may repeat SERVING (the publisher and the readiness watcher both report) before the change reaches it.
+        // Watch's first message is computed fresh; a SERVING stored after it may still be delivered before the change.
         var seen = new List<HealthCheckResponse.Types.ServingStatus>();
         while (await watch.ResponseStream.MoveNext(CancellationToken.None))
         {
