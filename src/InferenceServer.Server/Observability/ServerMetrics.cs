@@ -6,7 +6,7 @@ namespace InferenceServer.Server.Observability;
 
 /// <summary>
 /// The Prometheus series served at <c>/metrics</c>: queue depth, batch sizes, per-stage latency, images, errors by code,
-/// process and device memory. One instance per server, on its own registry (tests run several servers in one process).
+/// process memory (device memory is not exported yet). One instance per server, on its own registry (tests run several servers in one process).
 /// </summary>
 public sealed class ServerMetrics
 {
@@ -44,12 +44,8 @@ public sealed class ServerMetrics
             using var p = Process.GetCurrentProcess();
             processMemory.Set(p.WorkingSet64);
             managedMemory.Set(GC.GetTotalMemory(false));
-            DeviceMemory?.Invoke(this);
         });
     }
-
-    /// <summary>Set by the device layer (CUDA) to publish device memory before each scrape.</summary>
-    public Action<ServerMetrics>? DeviceMemory { get; set; }
 
     public void QueueDepth(int depth) => queueDepth.Set(depth);
 
