@@ -19,12 +19,7 @@ public sealed class BenchCommandTests : IDisposable
 
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
-    static (int Rc, string Err) Invoke(params string[] args)
-    {
-        var err = new StringWriter();
-        int rc = CommandLine.Build().Parse(args).Invoke(new System.CommandLine.InvocationConfiguration { Error = err, Output = new StringWriter() });
-        return (rc, err.ToString());
-    }
+    static (int Rc, string Err) Invoke(params string[] args) => Cli.Invoke(args);
 
     [Fact]
     public void Bench_writes_every_stage_with_sane_numbers()

@@ -19,13 +19,7 @@ public sealed class GenerateCommandTests : IDisposable
 
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
-    static (int Rc, string Err) Invoke(params string[] args)
-    {
-        var err = new StringWriter();
-        var parse = CommandLine.Build().Parse(args);
-        int rc = parse.Invoke(new System.CommandLine.InvocationConfiguration { Error = err, Output = new StringWriter() });
-        return (rc, err.ToString());
-    }
+    static (int Rc, string Err) Invoke(params string[] args) => Cli.Invoke(args);
 
     [Fact]
     public void Generate_writes_n_files_and_edit_uses_them_as_references()
