@@ -6,10 +6,12 @@ namespace InferenceServer.Models.Tests;
 
 public class SafetensorsFixtureReadTests
 {
-    [Fact]
-    public void Reads_a_fixture_weight_file_by_name_with_shapes_and_values()
+    public static TheoryData<string> DitCases => Fixtures.Cases("flux2-dit-");
+
+    [Theory, MemberData(nameof(DitCases))]
+    public void Reads_a_fixture_weight_file_by_name_with_shapes_and_values(string caseName)
     {
-        using var f = SafetensorsFile.Open(Path.Combine(Fixtures.CaseDir("flux2-dit-t2i"), "weights.safetensors"));
+        using var f = SafetensorsFile.Open(Path.Combine(Fixtures.CaseDir(caseName), "weights.safetensors"));
         var qkv = f["double_blocks.0.img_attn.qkv.weight"];
         Assert.Equal(SafetensorsDType.F32, qkv.DType);
         Assert.Equal(2, qkv.Shape.Length);

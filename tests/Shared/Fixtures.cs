@@ -1,7 +1,7 @@
 namespace InferenceServer.Tests.Shared;
 
 /// <summary>
-/// Finds the golden fixtures: the folder named by INFERENCE_FIXTURES, else ../shared/fixtures beside the repository.
+/// Finds the golden fixtures: the folder named by INFERENCE_FIXTURES, else the repository's own copy in tests/fixtures.
 /// Parity theories enumerate case folders with <see cref="Cases"/>, so new case sets run without code changes.
 /// </summary>
 public static class Fixtures
@@ -32,10 +32,10 @@ public static class Fixtures
     {
         string? env = Environment.GetEnvironmentVariable(EnvironmentVariable);
         if (!string.IsNullOrWhiteSpace(env)) return Path.GetFullPath(env);
-        // Walk up from the test binaries to the repository (the folder with InferenceServer.sln), then ../shared/fixtures.
+        // Walk up from the test binaries to the repository (the folder with InferenceServer.sln), then tests/fixtures.
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "InferenceServer.sln")))
-                return Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "fixtures"));
-        return Path.GetFullPath(Path.Combine(Directory.GetCurrentDirectory(), "..", "shared", "fixtures"));
+                return Path.Combine(dir.FullName, "tests", "fixtures");
+        return Path.GetFullPath(Path.Combine(Directory.GetCurrentDirectory(), "tests", "fixtures"));
     }
 }

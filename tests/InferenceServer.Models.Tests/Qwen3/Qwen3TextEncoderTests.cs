@@ -155,10 +155,12 @@ public class Qwen3TextEncoderTests(ITestOutputHelper output)
 /// <summary>Loading the text encoder from a diffusers/HF <c>text_encoder/</c> folder: sharded BF16 + index + config.json.</summary>
 public class Qwen3TextEncoderLoadTests
 {
-    [Fact]
-    public void Sharded_hf_folder_loads_like_the_single_file()
+    public static TheoryData<string> Cases => Fixtures.Cases("qwen3-encoder");
+
+    [Theory, MemberData(nameof(Cases))]
+    public void Sharded_hf_folder_loads_like_the_single_file(string caseName)
     {
-        string caseDir = Fixtures.CaseDir("qwen3-encoder");
+        string caseDir = Fixtures.CaseDir(caseName);
         var card = Qwen3Config.FromCard("qwen3-tiny");
         string dir = Directory.CreateTempSubdirectory("qwen3-sharded-").FullName;
         try
@@ -185,10 +187,10 @@ public class Qwen3TextEncoderLoadTests
         finally { Directory.Delete(dir, recursive: true); }
     }
 
-    [Fact]
-    public void Unknown_or_missing_tensors_are_refused()
+    [Theory, MemberData(nameof(Cases))]
+    public void Unknown_or_missing_tensors_are_refused(string caseName)
     {
-        string caseDir = Fixtures.CaseDir("qwen3-encoder");
+        string caseDir = Fixtures.CaseDir(caseName);
         var card = Qwen3Config.FromCard("qwen3-tiny");
         string dir = Directory.CreateTempSubdirectory("qwen3-bad-").FullName;
         try

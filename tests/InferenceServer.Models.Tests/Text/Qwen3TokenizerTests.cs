@@ -5,35 +5,38 @@ using InferenceServer.Tests.Shared;
 
 namespace InferenceServer.Models.Tests.Text;
 
-/// <summary>The Qwen3 tokenizer and klein template against <c>qwen3-tokenizer/cases.json</c>, one test per case.</summary>
+/// <summary>The Qwen3 tokenizer and klein template against every <c>qwen3-tokenizer*/cases.json</c>, one test per case.</summary>
 public class Qwen3TokenizerTests
 {
     static readonly Lazy<Qwen3Tokenizer> tokenizer = new(() => Qwen3Tokenizer.Load());
-    static readonly Lazy<JsonDocument> cases = new(() =>
-        JsonDocument.Parse(File.ReadAllBytes(Path.Combine(Fixtures.CaseDir("qwen3-tokenizer"), "cases.json"))));
+    static readonly Dictionary<string, JsonDocument> caseFiles = Fixtures.CaseNames("qwen3-tokenizer").ToDictionary(
+        folder => folder, folder => JsonDocument.Parse(File.ReadAllBytes(Path.Combine(Fixtures.CaseDir(folder), "cases.json"))));
 
     static Qwen3Tokenizer Tok => tokenizer.Value;
-    static JsonElement Root => cases.Value.RootElement;
 
-    public static TheoryData<string> CaseNames()
+    /// <summary>One row per (case folder, case name).</summary>
+    public static TheoryData<string, string> CaseNames()
     {
-        var data = new TheoryData<string>();
-        foreach (var c in Root.GetProperty("cases").EnumerateArray()) data.Add(c.GetProperty("name").GetString()!);
+        var data = new TheoryData<string, string>();
+        foreach (var (folder, doc) in caseFiles)
+            foreach (var c in doc.RootElement.GetProperty("cases").EnumerateArray()) data.Add(folder, c.GetProperty("name").GetString()!);
+        if (data.Count == 0) throw new InvalidOperationException($"no qwen3-tokenizer* case under {Fixtures.Root}");
         return data;
     }
 
-    static JsonElement Case(string name) =>
-        Root.GetProperty("cases").EnumerateArray().Single(c => c.GetProperty("name").GetString() == name);
+    static JsonElement Case(JsonElement root, string name) =>
+        root.GetProperty("cases").EnumerateArray().Single(c => c.GetProperty("name").GetString() == name);
 
     static int[] Ints(JsonElement e) => [.. e.EnumerateArray().Select(x => x.GetInt32())];
 
     [Theory, Trait("Category", "Parity")]
     [MemberData(nameof(CaseNames))]
-    public void Matches_reference_case(string name)
+    public void Matches_reference_case(string folder, string name)
     {
-        var c = Case(name);
+        var root = caseFiles[folder].RootElement;
+        var c = Case(root, name);
         string prompt = c.GetProperty("prompt").GetString()!;
-        int maxLength = Root.GetProperty("max_length").GetInt32();
+        int maxLength = root.GetProperty("max_length").GetInt32();
 
         int[] ids = Tok.Encode(prompt);
         Assert.Equal(Ints(c.GetProperty("ids")), ids);
@@ -51,7 +54,7 @@ public class Qwen3TokenizerTests
         Assert.Equal(Ints(c.GetProperty("input_ids")), p.InputIds);
         Assert.Equal(Ints(c.GetProperty("attention_mask")), p.AttentionMask);
         Assert.Equal(c.GetProperty("decoded_input_ids_valid").GetString(), Tok.Decode(p.InputIds.Take(p.Length)));
-        Assert.Equal(Root.GetProperty("pad_token_id").GetInt32(), Tok.PadId);
+        Assert.Equal(root.GetProperty("pad_token_id").GetInt32(), Tok.PadId);
 
         // The UTF-8 entry point gives the same result.
         Assert.Equal(p.InputIds, Tok.EncodePrompt(Encoding.UTF8.GetBytes(prompt), maxLength).InputIds);
@@ -100,7 +103,8 @@ public class Qwen3TokenizerTests
     [Fact]
     public void Concurrent_use_gives_the_same_ids()
     {
-        var prompts = Root.GetProperty("cases").EnumerateArray().Select(c => c.GetProperty("prompt").GetString()!).ToArray();
+        var prompts = caseFiles.Values.SelectMany(d => d.RootElement.GetProperty("cases").EnumerateArray())
+            .Select(c => c.GetProperty("prompt").GetString()!).ToArray();
         var expected = prompts.Select(p => Tok.EncodePrompt(p, 512).InputIds).ToArray();
         Parallel.For(0, prompts.Length * 8, i => Assert.Equal(expected[i % prompts.Length], Tok.EncodePrompt(prompts[i % prompts.Length], 512).InputIds));
     }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.RegularExpressions;
+using Grpc.Core;
 using Grpc.Net.Client;
 using InferenceServer.Client.V1;
 using Xunit.Abstractions;
@@ -51,16 +52,21 @@ public sealed partial class SigtermDrainTests(ITestOutputHelper output)
             }
             using var channel = GrpcChannel.ForAddress($"http://127.0.0.1:{grpcPort}");
             var client = new ImageService.ImageServiceClient(channel);
-            var inFlight = Enumerable.Range(0, 3).Select(i => client.GenerateAsync(new GenerateRequest
+            // Streams, so the test can wait for each request's admission (its Queued event) instead of for time.
+            var calls = Enumerable.Range(0, 3).Select(i => client.GenerateStream(new GenerateRequest
             {
                 Prompt = $"drain {i}", Width = 256, Height = 256, Steps = 12, Seed = i,
-            }).ResponseAsync).ToList();
-            await Task.Delay(500);                                             // admitted and queued (one runs, two wait)
-            Assert.All(inFlight, t => Assert.False(t.IsCompleted, "a request finished before SIGTERM: make it slower"));
+            })).ToList();
+            foreach (var call in calls)
+            {
+                Assert.True(await call.ResponseStream.MoveNext(CancellationToken.None), "stream ended before admission");
+                Assert.Equal(GenerateEvent.EventOneofCase.Queued, call.ResponseStream.Current.EventCase);
+            }
 
             using (var kill = Process.Start("kill", ["-TERM", process.Id.ToString()])) await kill.WaitForExitAsync();
-            var responses = await Task.WhenAll(inFlight).WaitAsync(TimeSpan.FromMinutes(3));
+            var responses = await Task.WhenAll(calls.Select(ReadResult)).WaitAsync(TimeSpan.FromMinutes(3));
             Assert.All(responses, r => Assert.Equal(256u, Assert.Single(r.Images).Width));
+            foreach (var call in calls) call.Dispose();
             await process.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(1));
             Assert.Equal(0, process.ExitCode);
             lock (log) Assert.Contains(log, l => l.Contains("draining", StringComparison.Ordinal));
@@ -70,5 +76,12 @@ public sealed partial class SigtermDrainTests(ITestOutputHelper output)
             lock (log) foreach (var l in log.TakeLast(30)) output.WriteLine(l);
             if (!process.HasExited) process.Kill(entireProcessTree: true);
         }
+    }
+
+    static async Task<GenerateResponse> ReadResult(AsyncServerStreamingCall<GenerateEvent> call)
+    {
+        while (await call.ResponseStream.MoveNext(CancellationToken.None))
+            if (call.ResponseStream.Current.EventCase == GenerateEvent.EventOneofCase.Result) return call.ResponseStream.Current.Result;
+        throw new InvalidOperationException("stream ended without a result");
     }
 }
