@@ -27,15 +27,43 @@ public static class ModelCards
     /// <summary>The models folder: $INFERENCE_MODELS, else models/ next to the binaries, else the nearest models/ above them.</summary>
     public static string Directory { get; } = FindDirectory();
 
-    /// <summary>Names of the FLUX.2 cards available.</summary>
+    /// <summary>Names of every model card available (all families).</summary>
     public static IReadOnlyList<string> Names =>
         System.IO.Directory.EnumerateFiles(Directory, "*.json").Select(Path.GetFileNameWithoutExtension).OfType<string>().Order(StringComparer.Ordinal).ToList();
+
+    /// <summary>Names of the cards whose <c>"family"</c> key is <paramref name="family"/>.</summary>
+    public static IReadOnlyList<string> NamesOf(string family) => Names.Where(n => FamilyOf(n) == family).ToList();
+
+    /// <summary>The <c>"family"</c> key of card <paramref name="name"/> (e.g. "flux2", "zimage").</summary>
+    public static string FamilyOf(string name)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(PathOf(name)));
+        return doc.RootElement.TryGetProperty("family", out var f) && f.GetString() is { Length: > 0 } family
+            ? family : throw new ArgumentException($"model card {PathOf(name)} has no \"family\" key", nameof(name));
+    }
+
+    /// <summary>The file a model folder carries to name its card (the random writers record it).</summary>
+    public const string MarkerFile = "inference-server.json";
+
+    /// <summary>The card named by <paramref name="dir"/>/inference-server.json's <c>"model_card"</c>, or null when the folder has none.</summary>
+    public static string? MarkedCard(string dir)
+    {
+        string marker = Path.Combine(dir, MarkerFile);
+        if (!File.Exists(marker)) return null;
+        using var doc = JsonDocument.Parse(File.ReadAllText(marker));
+        return doc.RootElement.TryGetProperty("model_card", out var name) ? name.GetString() : null;
+    }
+
+    static string PathOf(string name)
+    {
+        string path = Path.Combine(Directory, name + ".json");
+        return File.Exists(path) ? path : throw new ArgumentException($"no model card '{name}' in {Directory} (have: {string.Join(", ", Names)})", nameof(name));
+    }
 
     /// <summary>Reads models/<paramref name="name"/>.json; throws <see cref="ArgumentException"/> naming the card and key on any defect.</summary>
     public static Flux2ModelCard Load(string name)
     {
-        string path = Path.Combine(Directory, name + ".json");
-        if (!File.Exists(path)) throw new ArgumentException($"no model card '{name}' in {Directory} (have: {string.Join(", ", Names)})", nameof(name));
+        string path = PathOf(name);
         using var doc = JsonDocument.Parse(File.ReadAllText(path));
         var root = doc.RootElement;
         try

@@ -25,7 +25,7 @@ namespace InferenceServer.Models.Flux2;
 public static class Flux2ModelFolder
 {
     /// <summary>The file naming the model card a folder was written for.</summary>
-    public const string MarkerFile = "inference-server.json";
+    public const string MarkerFile = ModelCards.MarkerFile;
     /// <summary>BFL's autoencoder file name.</summary>
     public const string AeFile = "ae.safetensors";
 
@@ -57,21 +57,16 @@ public static class Flux2ModelFolder
     /// <summary>Picks the model card (see the class summary).</summary>
     public static Flux2ModelCard DetectCard(string dir)
     {
-        string marker = Path.Combine(dir, MarkerFile);
-        if (File.Exists(marker))
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllText(marker));
-            if (doc.RootElement.TryGetProperty("model_card", out var name) && name.GetString() is { } n) return ModelCards.Load(n);
-        }
+        if (ModelCards.MarkedCard(dir) is { } marked) return ModelCards.Load(marked);
         var layout = DetectLayout(dir);
         using var source = Checkpoint.Open(TransformerPath(dir, layout));
-        foreach (var name in ModelCards.Names)
+        foreach (var name in ModelCards.NamesOf("flux2"))
         {
             Flux2ModelCard card;
             try { card = ModelCards.Load(name); } catch (ArgumentException) { continue; }
             if (Matches(source, card.Transformer)) return card;
         }
-        throw new InvalidDataException($"{dir}: the transformer's tensor shapes match no model card in {ModelCards.Directory} ({string.Join(", ", ModelCards.Names)}); add {MarkerFile} with {{\"model_card\": NAME}}");
+        throw new InvalidDataException($"{dir}: the transformer's tensor shapes match no flux2 model card in {ModelCards.Directory} ({string.Join(", ", ModelCards.NamesOf("flux2"))}); add {MarkerFile} with {{\"model_card\": NAME}}");
     }
 
     static bool Matches(ITensorSource source, Flux2Config config)
@@ -105,14 +100,14 @@ public static class Flux2ModelFolder
     /// Strict: a missing file names the file; a missing, unexpected or mis-shaped tensor names the tensor.
     /// </summary>
     public static Flux2Model Load(string dir, ScalarType dtype = ScalarType.BFloat16, Device? device = null) =>
-        Load(dir, new Flux2LoadOptions(dtype) { Device = device });
+        Load(dir, new ModelLoadOptions(dtype) { Device = device });
 
     /// <summary>
     /// Loads every component with <paramref name="options"/>: the dtype, the device, and the transformer's weight quantization
     /// (a transformer that is already 8-bit, e.g. the official FP8 file, loads as it is whatever is asked; see <see cref="Flux2Checkpoint.Load(Flux2Transformer, ITensorSource, WeightQuantization, bool, ScalarType?)"/>).
     /// The VAE and the text encoder are never quantized.
     /// </summary>
-    public static Flux2Model Load(string dir, Flux2LoadOptions options)
+    public static Flux2Model Load(string dir, ModelLoadOptions options)
     {
         var dtype = options.DType;
         dir = Path.GetFullPath(dir);
@@ -184,15 +179,6 @@ public static class Flux2ModelFolder
         if (folder ? Directory.Exists(path) : File.Exists(path)) return path;
         throw new FileNotFoundException($"model folder is missing {(folder ? "the folder" : "the file")} {path}", path);
     }
-}
-
-/// <summary>How <see cref="Flux2ModelFolder.Load(string, Flux2LoadOptions)"/> loads a folder.</summary>
-/// <param name="DType">Activation and float-weight dtype (bfloat16 or float32).</param>
-/// <param name="Quantization">Transformer weight quantization: none (as stored), fp8 or int8.</param>
-public sealed record Flux2LoadOptions(ScalarType DType = ScalarType.BFloat16, WeightQuantization Quantization = WeightQuantization.None)
-{
-    /// <summary>Where to load (default the CPU).</summary>
-    public Device? Device { get; init; }
 }
 
 /// <summary>A loaded FLUX.2 model: every component, the card it was matched to, and what was loaded.</summary>

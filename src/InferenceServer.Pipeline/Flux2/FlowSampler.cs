@@ -1,28 +1,14 @@
 using InferenceServer.Models.Flux2;
 using InferenceServer.Models.Runtime;
+using InferenceServer.Pipeline.Generation;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Pipeline.Flux2;
 
 /// <summary>
-/// One finished sampler step. The tensors are valid only inside the callback (they are disposed with the step);
-/// clone what you keep.
-/// </summary>
-/// <param name="Index">0-based step.</param>
-/// <param name="Count">Number of steps.</param>
-/// <param name="TCurr">Timestep the model saw.</param>
-/// <param name="TPrev">Timestep reached.</param>
-/// <param name="Latents">[B, L_img, C] image tokens after the step (float32).</param>
-/// <param name="Velocity">[B, L_img, C] the (guided) prediction used for the step.</param>
-public sealed record DenoiseStep(int Index, int Count, float TCurr, float TPrev, Tensor Latents, Tensor Velocity);
-
-/// <summary>
-/// Euler flow-matching loops (BFL <c>denoise</c>, <c>denoise_cfg</c>). Reference tokens are appended after the image
-/// tokens and only the image tokens' prediction is used. Latents stay float32 whatever the model dtype; each step
-/// runs in its own dispose scope, and the cancellation token is checked before every step and after the callback.
-/// <para>Device: every input is moved to the model's device once, before the first step (host tensors bound for CUDA
-/// through pinned memory, without blocking); the result stays there. The loop itself makes no host synchronisation:
-/// no <c>item()</c>, no copy to the host, timesteps are host floats; on CUDA the host only queues kernels.</para>
+/// BFL <c>denoise</c> and <c>denoise_cfg</c> for one FLUX.2 transformer: a <see cref="Flux2Denoiser"/> run by
+/// <see cref="SamplingLoop"/>, the loop that serves requests. The cancellation token is checked before every step and
+/// after the last. Every input is moved to the model's device once; the result stays there.
 /// </summary>
 public static class FlowSampler
 {
@@ -45,11 +31,8 @@ public static class FlowSampler
     public static Tensor Denoise(Flux2Transformer model, Tensor img, Tensor imgIds, Tensor txt, Tensor txtIds, IReadOnlyList<float> timesteps,
         float guidance, Tensor? refTokens = null, Tensor? refIds = null, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default)
     {
-        CheckRefs(refTokens, refIds);
-        var dev = model.Device;
-        using var inputs = new Uploaded(dev);
-        (imgIds, txt, txtIds, refTokens, refIds) = (inputs.Add(imgIds)!, inputs.Add(txt)!, inputs.Add(txtIds)!, inputs.Add(refTokens), inputs.Add(refIds));
-        return Loop(img, dev, timesteps, onStep, cancellationToken, (x, tCurr) => Velocity(model, cfg: false, x, imgIds, txt, txtIds, tCurr, guidance, refTokens, refIds));
+        using var denoiser = new Flux2Denoiser(model, cfg: false, guidance, imgIds, txt, txtIds, refTokens, refIds);
+        return Run(model, denoiser, img, timesteps, onStep, cancellationToken);
     }
 
     /// <summary>
@@ -59,12 +42,16 @@ public static class FlowSampler
     public static Tensor DenoiseCfg(Flux2Transformer model, Tensor img, Tensor imgIds, Tensor txt, Tensor txtIds, IReadOnlyList<float> timesteps,
         float guidance, Tensor? refTokens = null, Tensor? refIds = null, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default)
     {
-        CheckRefs(refTokens, refIds);
         if (txt.shape[0] != 2 * img.shape[0]) throw new ArgumentException($"txt [{string.Join(", ", txt.shape)}] must hold [uncond; cond] for the {img.shape[0]} image(s) of img [{string.Join(", ", img.shape)}]", nameof(txt));
-        var dev = model.Device;
-        using var inputs = new Uploaded(dev);
-        (imgIds, txt, txtIds, refTokens, refIds) = (inputs.Add(imgIds)!, inputs.Add(txt)!, inputs.Add(txtIds)!, inputs.Add(refTokens), inputs.Add(refIds));
-        return Loop(img, dev, timesteps, onStep, cancellationToken, (x, tCurr) => Velocity(model, cfg: true, x, imgIds, txt, txtIds, tCurr, guidance, refTokens, refIds));
+        using var denoiser = new Flux2Denoiser(model, cfg: true, guidance, imgIds, txt, txtIds, refTokens, refIds);
+        return Run(model, denoiser, img, timesteps, onStep, cancellationToken);
+    }
+
+    static Tensor Run(Flux2Transformer model, Flux2Denoiser denoiser, Tensor img, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct)
+    {
+        if (timesteps.Count < 2) throw new ArgumentException($"need at least 2 timesteps, got {timesteps.Count}", nameof(timesteps));
+        using var x = ComputeDevice.Upload(img, model.Device, ScalarType.Float32);   // [B, L_img, C] f32 on the model's device
+        return SamplingLoop.Run(denoiser, x, timesteps, onStep: onStep, cancellationToken: ct);
     }
 
     /// <summary>
@@ -98,68 +85,11 @@ public static class FlowSampler
         return (uc[0] + guidance * (uc[1] - uc[0])).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The Euler update <c>x + (t_prev - t_curr) v</c> (Python float step on a float32 tensor, as BFL).</summary>
-    public static Tensor EulerStep(Tensor x, Tensor velocity, float tCurr, float tPrev) => x + velocity * ((double)tPrev - tCurr);
-
-    static Tensor Loop(Tensor img, Device device, IReadOnlyList<float> timesteps, Action<DenoiseStep>? onStep, CancellationToken ct, Func<Tensor, float, Tensor> velocity)
-    {
-        if (timesteps.Count < 2) throw new ArgumentException($"need at least 2 timesteps, got {timesteps.Count}", nameof(timesteps));
-        var x = ComputeDevice.Upload(img, device, ScalarType.Float32); // [B, L_img, C] f32 on the model's device
-        bool owned = !ReferenceEquals(x, img) && x.Handle != img.Handle;
-        for (int i = 0; i < timesteps.Count - 1; i++)
-        {
-            ct.ThrowIfCancellationRequested();
-            float tCurr = timesteps[i], tPrev = timesteps[i + 1];
-            using (var scope = NewDisposeScope())
-            {
-                var pred = velocity(x, tCurr).to(ScalarType.Float32);           // [B, L_img, C]
-                var next = EulerStep(x, pred, tCurr, tPrev);
-                ComputeDevice.SyncForTiming(device);                            // benchmarks only; no-op otherwise
-                onStep?.Invoke(new DenoiseStep(i, timesteps.Count - 1, tCurr, tPrev, next, pred));
-                next.MoveToOuterDisposeScope();
-                if (owned) x.Dispose();
-                x = next;
-                owned = true;
-            }
-            ct.ThrowIfCancellationRequested();
-        }
-        return owned ? x : x.clone();
-    }
-
-    /// <summary>
-    /// The inputs moved to the model's device for one loop, disposed when it ends. Not a dispose scope: a step callback may
-    /// move its clones to the caller's scope, and a scope here would catch them.
-    /// </summary>
-    sealed class Uploaded(Device device) : IDisposable
-    {
-        readonly List<Tensor> tensors = [];
-
-        public Tensor? Add(Tensor? t)
-        {
-            if (t is null) return null;
-            var u = ComputeDevice.Upload(t, device);
-            tensors.Add(u);
-            return u;
-        }
-
-        public void Dispose()
-        {
-            foreach (var t in tensors) t.Dispose();
-        }
-    }
-
     static (Tensor X, Tensor Ids) WithRefs(Tensor x, Tensor ids, Tensor? refTokens, Tensor? refIds)
     {
         if (refTokens is null) return (x, ids);
         var r = refTokens.shape[0] == x.shape[0] ? refTokens : refTokens.expand(x.shape[0], -1, -1);
         var ri = refIds!.shape[0] == x.shape[0] ? refIds : refIds.expand(x.shape[0], -1, -1);
         return (cat([x, r.to(x.dtype)], 1), cat([ids, ri], 1));
-    }
-
-    static void CheckRefs(Tensor? refTokens, Tensor? refIds)
-    {
-        if ((refTokens is null) != (refIds is null)) throw new ArgumentException("reference tokens and reference ids come together (both or neither)");
-        if (refTokens is not null && (refTokens.dim() != 3 || refIds!.dim() != 3 || refTokens.shape[1] != refIds.shape[1]))
-            throw new ArgumentException($"reference tokens [{string.Join(", ", refTokens.shape)}] and ids [{string.Join(", ", refIds!.shape)}] must be [B, L_ref, C] and [B, L_ref, 4]");
     }
 }

@@ -29,10 +29,18 @@ public sealed record GenerationRequest
     public int? Quality { get; init; }
 }
 
-/// <summary>Knobs of the pipeline (not of one request).</summary>
+/// <summary>
+/// The limits of the pipeline, in one record: every request is checked against it once, in <see cref="GenerationPipeline.Prepare"/>
+/// (the server maps its configuration onto it; the front ends only parse).
+/// </summary>
 public sealed record PipelineOptions
 {
     public int MaxReferences { get; init; } = 10;
+    public int MaxImages { get; init; } = 16;
+    public int MaxSteps { get; init; } = 200;
+    public int MaxPromptChars { get; init; } = 8000;
+    /// <summary>Upper bound of the guidance scale (lower bound 0).</summary>
+    public double MaxGuidance { get; init; } = 100;
     public SizeLimits Sizes { get; init; } = new();
     /// <summary>Byte bound of the prompt-embedding cache (0 disables it).</summary>
     public long PromptCacheBytes { get; init; } = 256L << 20;
@@ -45,42 +53,52 @@ public sealed record PipelineOptions
     public ImageLimits Decode { get; init; } = new();
 }
 
-/// <summary>A sampler step as researchers see it: which image, which step, the timestep, the latents after the step ([1, L_img, 128], valid only inside the callback).</summary>
+/// <summary>A sampler step as researchers see it: which image, which step, the sigma, the latents after the step ([1, L_img, C] tokens, valid only inside the callback).</summary>
 public sealed record GenerationStep(int Image, int Step, int Steps, float Timestep, Tensor Latents);
 
 /// <summary>One output image.</summary>
 public sealed record GeneratedImage(EncodedImage Image, long Seed, int Width, int Height);
 
-/// <summary>Wall time of one stage (ms).</summary>
-public sealed record StageTiming(string Stage, double Milliseconds);
-
 /// <summary>The images and everything the caller should report: actual size, seeds, steps, per-stage timings.</summary>
 public sealed record GenerationResult(IReadOnlyList<GeneratedImage> Images, int Width, int Height, long Seed, int Steps, double? Guidance,
     int References, bool PromptCacheHit, IReadOnlyList<StageTiming> Timings)
 {
-    /// <summary>Sum of the timings whose stage name starts with <paramref name="prefix"/>.</summary>
-    public double Milliseconds(string prefix) => Timings.Where(t => t.Stage.StartsWith(prefix, StringComparison.Ordinal)).Sum(t => t.Milliseconds);
+    /// <summary>Total time of one stage (all its images and steps).</summary>
+    public double Milliseconds(Stage stage) => Timings.Where(t => t.Stage == stage).Sum(t => t.Milliseconds);
 }
 
 /// <summary>
-/// Text + references -> images with a loaded <see cref="Flux2Model"/>: the prompt is tokenized and encoded by Qwen3
-/// (cached by prompt, bounded by bytes); each reference is decoded, capped in pixels as BFL <c>encode_image_refs</c>
-/// does (2024^2 for one reference, 1024^2 each for several; Lanczos, then centre-cropped to multiples of 16),
-/// VAE-encoded (cached by content hash and cap) and packed with t offsets 10, 20, ...; then per image i, noise from a
-/// CPU float32 generator seeded with seed + i, the Euler flow loop, VAE decode and image encode. The images of one request,
+/// Text + references -> images with a loaded model of any family (<see cref="IFamilyBackend"/>): the prompt is encoded by
+/// the family's text encoder (cached by prompt, bounded by bytes); each reference is decoded, capped in pixels as BFL
+/// <c>encode_image_refs</c> does (2024^2 for one reference, 1024^2 each for several; Lanczos, then centre-cropped to
+/// multiples of the token size), VAE-encoded (cached by content hash and cap); then per image i, noise from a CPU float32
+/// generator seeded with seed + i, <see cref="SamplingLoop"/>, VAE decode and image encode. The images of one request,
 /// and of several requests with equal <see cref="BatchKey"/>s (<see cref="GenerateBatch"/>), share one DiT call per step;
-/// the DiT's rows are independent of each other (bitwise on CPU, see <see cref="InferenceServer.Models.Flux2.Flux2Math.RowWise"/>)
+/// the DiT's rows are independent of each other (bitwise on CPU for FLUX.2, see <see cref="InferenceServer.Models.Flux2.Flux2Math.RowWise"/>)
 /// and images are decoded one at a time, so an image depends on its seed only, not on n or its neighbours.
 /// Not thread-safe except <see cref="Prepare"/>: one thread owns it.
 /// </summary>
-public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? options = null) : IDisposable
+public sealed class GenerationPipeline : IDisposable
 {
-    readonly PipelineOptions options = options ?? new PipelineOptions();
-    readonly TensorLruCache<string> prompts = new((options ?? new PipelineOptions()).PromptCacheBytes);
-    readonly TensorLruCache<string> references = new((options ?? new PipelineOptions()).ReferenceCacheBytes);
-    readonly ImageCodec codec = new((options ?? new PipelineOptions()).Decode);
+    readonly PipelineOptions options;
+    readonly TensorLruCache<string> prompts;
+    readonly TensorLruCache<string> references;
+    readonly ImageCodec codec;
 
-    public Flux2Model Model { get; } = model;
+    /// <summary>A pipeline over <paramref name="backend"/>, which it owns (disposed with the pipeline).</summary>
+    public GenerationPipeline(IFamilyBackend backend, PipelineOptions? options = null)
+    {
+        Backend = backend;
+        this.options = options ?? new PipelineOptions();
+        prompts = new(this.options.PromptCacheBytes);
+        references = new(this.options.ReferenceCacheBytes);
+        codec = new(this.options.Decode);
+    }
+
+    /// <summary>A pipeline over a loaded FLUX.2 model; the caller keeps owning (and disposes) the model.</summary>
+    public GenerationPipeline(Flux2Model model, PipelineOptions? options = null) : this(new Flux2Backend(model, ownsModel: false), options) { }
+
+    public IFamilyBackend Backend { get; }
     public PipelineOptions Options => options;
 
     /// <summary>Bytes held by the prompt-embedding cache.</summary>
@@ -88,7 +106,7 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
     /// <summary>Bytes held by the reference-latent cache.</summary>
     public long ReferenceCacheBytes => references.Bytes;
 
-    /// <summary>Runs a request: <see cref="Prepare"/>, then a batch of one. Bad input throws <see cref="ArgumentException"/> (or <see cref="ImageDecodeException"/>) before any model work.</summary>
+    /// <summary>Runs a request: <see cref="Prepare"/>, then a batch of one. Bad input throws <see cref="RequestException"/> before any model work.</summary>
     /// <param name="onStep">Called for every image after every step (all images of the request advance together: step 0 of images 0..n-1, then step 1, ...).</param>
     public GenerationResult Generate(GenerationRequest request, Action<GenerationStep>? onStep = null, CancellationToken cancellationToken = default)
     {
@@ -99,22 +117,30 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
     }
 
     /// <summary>
-    /// Validates a request, decodes its references and resolves size, steps, guidance and seed, with no tensor work (thread-safe).
-    /// Bad input throws <see cref="ArgumentException"/> ("field: message").
+    /// Validates a request against <see cref="Options"/> (the one place limits are checked), decodes its references and
+    /// resolves size, steps, guidance and seed, with no tensor work (thread-safe). Bad input throws <see cref="RequestException"/>
+    /// naming the field.
     /// </summary>
     public PreparedRequest Prepare(GenerationRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
-        var card = Model.Card;
-        if (string.IsNullOrWhiteSpace(request.Prompt)) throw new ArgumentException("prompt: must not be empty");
-        if (request.References.Count > options.MaxReferences)
-            throw new ArgumentException($"image: {request.References.Count} reference images given, at most {options.MaxReferences} are allowed");
-        if (request.Count is < 1 or > 16) throw new ArgumentException($"n: {request.Count} images requested, 1 to 16 are allowed");
-        int steps = request.Steps ?? card.Sampling.DefaultSteps;
-        if (steps is < 1 or > 200) throw new ArgumentException($"steps: {steps}, 1 to 200 are allowed");
-        if (request.Quality is < 0 or > 100) throw new ArgumentException($"quality: {request.Quality}, 0 to 100 are allowed");
-        bool usesGuidance = card.Transformer.UseGuidanceEmbed || !card.Sampling.Distilled;
-        double? guidance = usesGuidance ? request.Guidance ?? card.Sampling.Guidance : null;
+        var sampling = Backend.Sampling;
+        var o = options;
+        if (string.IsNullOrWhiteSpace(request.Prompt)) throw new RequestException("prompt", "prompt: must not be empty");
+        if (request.Prompt.Length > o.MaxPromptChars) throw new RequestException("prompt", $"prompt: {request.Prompt.Length} characters, at most {o.MaxPromptChars} are allowed");
+        if (request.References.Count > 0 && !Backend.AcceptsReferences)
+            throw new RequestException("image", $"image: model {Backend.CardName} ({Backend.Family}) generates from text only and takes no reference images; {request.References.Count} given");
+        if (request.References.Count > o.MaxReferences)
+            throw new RequestException("image", $"image: {request.References.Count} reference images given, at most {o.MaxReferences} are allowed");
+        for (int i = 0; i < request.References.Count; i++)
+            if (request.References[i] is not { Length: > 0 }) throw new RequestException("image", $"image {i + 1}: empty");
+        if (request.Count < 1 || request.Count > o.MaxImages) throw new RequestException("n", $"n: {request.Count} images requested, 1 to {o.MaxImages} are allowed");
+        int steps = request.Steps ?? sampling.DefaultSteps;
+        if (steps < 1 || steps > o.MaxSteps) throw new RequestException("steps", $"steps: {steps}, 1 to {o.MaxSteps} are allowed");
+        if (request.Quality is < 0 or > 100) throw new RequestException("output_compression", $"output_compression: {request.Quality}, 0 to 100 are allowed");
+        if (request.Guidance is { } gd && (double.IsNaN(gd) || gd < 0 || gd > o.MaxGuidance))
+            throw new RequestException("guidance", $"guidance: {gd}, 0 to {o.MaxGuidance} are allowed");
+        double? guidance = Backend.UsesGuidance ? request.Guidance ?? sampling.Guidance : null;
         long seed = request.Seed ?? Random.Shared.NextInt64(0, 1L << 53);
 
         var sw = Stopwatch.StartNew();
@@ -122,19 +148,21 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
         var images = request.References.Select((b, k) =>
         {
             try { return codec.Decode(b); }
-            catch (ImageDecodeException e) { throw new ArgumentException($"image {k + 1}: {e.Message}", e); }
+            catch (ImageDecodeException e) { throw new RequestException("image", $"image {k + 1}: {e.Message}", e); }
         }).ToList();
-        var (width, height) = request.Size.Resolve(options.Sizes, images.Count > 0 ? (images[0].Width, images[0].Height) : null);
-        long cap = images.Count == 1 ? options.SingleReferencePixels : options.MultiReferencePixels;
+        var sizes = o.Sizes with { Multiple = Backend.Geometry.PixelsPerToken };
+        var (width, height) = request.Size.Resolve(sizes, images.Count > 0 ? (images[0].Width, images[0].Height) : null);
+        long cap = images.Count == 1 ? o.SingleReferencePixels : o.MultiReferencePixels;
+        int px = Backend.Geometry.PixelsPerToken;
         var shapes = images.Select((im, k) =>
         {
             var (w, h) = CappedSize(im.Width, im.Height, cap);
             try
             {
-                var box = Pixels.CenterCropBox(h, w, 16);
-                return $"{box.Width / 16}x{box.Height / 16}";                      // the latent grid: its token shape
+                var box = Pixels.CenterCropBox(h, w, px);
+                return $"{box.Width / px}x{box.Height / px}";                      // the latent grid: its token shape
             }
-            catch (ArgumentException e) { throw new ArgumentException($"image {k + 1}: {e.Message}", e); }
+            catch (ArgumentException e) { throw new RequestException("image", $"image {k + 1}: {e.Message}", e); }
         }).ToList();
         var key = new BatchKey(width, height, steps, guidance, string.Join(",", shapes));
         return new PreparedRequest(request, width, height, steps, guidance, seed, images, cap, key, sw.Elapsed.TotalMilliseconds);
@@ -161,13 +189,10 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
             if (entries[e].Request.Key != key)
                 throw new ArgumentException($"entries: entry {e} has batch key {entries[e].Request.Key}, entry 0 has {key}; only requests with equal keys can share a batch");
 
-        var card = Model.Card;
-        bool cfg = !card.Sampling.Distilled;
-        var device = Model.Transformer.Device;
-        var dtype = Model.Transformer.DType;
+        var device = Backend.Device;
         int n = entries.Count;
         var outcomes = new BatchOutcome?[n];
-        var timings = entries.Select(e => new List<StageTiming> { new("reference_decode", e.Request.DecodeMilliseconds) }).ToArray();
+        var timings = entries.Select(e => new List<StageTiming> { new(Stage.ReferenceDecode, e.Request.DecodeMilliseconds) }).ToArray();
         var hits = new bool[n];
         bool Cancelled(int e)
         {
@@ -178,43 +203,33 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
 
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        long h = key.Height / 16, w = key.Width / 16;
-        Tensor x = null!;
+        int px = Backend.Geometry.PixelsPerToken;
+        long h = key.Height / px, w = key.Width / px;
+        Tensor? x = null;
+        var rowEntry = new List<int>();
+        var rowImage = new List<int>();
         try
         {
             // Conditioning, per entry: each distinct prompt encoded once (and cached), references through their cache.
             var sw = Stopwatch.StartNew();
-            var batchPrompts = new Dictionary<string, Tensor>();
             var txt = new Tensor?[n];
-            var refs = new (Tensor Tokens, Tensor Ids)?[n];
+            var refs = new IReadOnlyList<Tensor>?[n];
             for (int e = 0; e < n; e++)
             {
                 if (Cancelled(e)) continue;
                 var req = entries[e].Request;
                 sw.Restart();
-                string prompt = req.Request.Prompt;
-                hits[e] = batchPrompts.TryGetValue(prompt, out var t) || prompts.TryGet(prompt, out t);
-                if (t is null) { t = EncodePrompt(prompt); prompts.Add(prompt, t); }
-                batchPrompts[prompt] = t;
-                txt[e] = t;
+                (txt[e], hits[e]) = CachedPrompt(req.Request.Prompt);
                 ComputeDevice.SyncForTiming(device);
-                timings[e].Add(new StageTiming("text_encode", sw.Elapsed.TotalMilliseconds));
+                timings[e].Add(new StageTiming(Stage.TextEncode, sw.Elapsed.TotalMilliseconds));
                 sw.Restart();
-                if (req.References.Count > 0)
-                {
-                    var latents = req.Request.References.Select((bytes, k) => ReferenceLatent(bytes, req.References[k], req.ReferenceCap)).ToList();
-                    var (tokens, ids) = Flux2Packing.ReferenceTokens(latents);
-                    refs[e] = (tokens.to(dtype), ids);
-                }
-                timings[e].Add(new StageTiming("reference_encode", sw.Elapsed.TotalMilliseconds));
+                refs[e] = req.Request.References.Select((bytes, k) => ReferenceLatent(bytes, req.References[k], req.ReferenceCap)).ToList();
+                timings[e].Add(new StageTiming(Stage.ReferenceEncode, sw.Elapsed.TotalMilliseconds));
             }
-            Tensor? uncond = null;
-            if (cfg && !prompts.TryGet("", out uncond)) { uncond = EncodePrompt(""); prompts.Add("", uncond); }
 
             // Rows: entry e's images j = 0..Count-1, in entry order.
-            var rowEntry = new List<int>();
-            var rowImage = new List<int>();
             var noise = new List<Tensor>();
+            var conditioning = new List<RowConditioning>();
             for (int e = 0; e < n; e++)
             {
                 if (outcomes[e] is not null) continue;
@@ -222,76 +237,51 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                 {
                     rowEntry.Add(e);
                     rowImage.Add(j);
-                    noise.Add(Noise(entries[e].Request.Seed + j, h, w));                        // [1, h*w, 128]
+                    noise.Add(Backend.Noise(entries[e].Request.Seed + j, h, w));                // [1, h*w, C]
+                    conditioning.Add(new RowConditioning(txt[e]!, refs[e]!));
                 }
             }
-            var imgIds = LatentIdsFor(h, w).to(device);                                          // [1, h*w, 4]
-            var schedule = FlowSchedule.GetSchedule(key.Steps, (int)(h * w));
             if (rowEntry.Count > 0)
             {
-                x = cat(noise, 0).to(device);                                                    // [R, h*w, 128] f32
-                var ctx = cat(rowEntry.Select(e => txt[e]!).ToList(), 0).to(dtype);              // [R, Lt, D]
-                var refTokens = key.References.Length > 0 ? cat(rowEntry.Select(e => refs[e]!.Value.Tokens).ToList(), 0) : null; // [R, L_ref, 128]
-                var refIds = key.References.Length > 0 ? cat(rowEntry.Select(e => refs[e]!.Value.Ids).ToList(), 0) : null;       // [R, L_ref, 4]
-                var uncondRow = uncond?.to(dtype);                                               // [1, Lt, D]
+                var schedule = Backend.Schedule(key.Steps, h * w);
+                using var denoiser = Backend.Condition(conditioning, key.Guidance, h, w, p => CachedPrompt(p).Features);
+                using (var x0 = cat(noise, 0)) x = ComputeDevice.Upload(x0, device, ScalarType.Float32); // [R, h*w, C] f32
                 foreach (var t in noise) t.Dispose();
-                (Tensor Ctx, Tensor Ids) ModelText()                                             // [R or 2R ([uncond; cond]), Lt, D], ids
+                var stepWatch = Stopwatch.StartNew();
+                int[]? KeepRows(int step)
                 {
-                    using var s = NewDisposeScope();
-                    var (c, ids) = Flux2Packing.BatchedPrcTxt(cfg ? cat([uncondRow!.expand(ctx.shape[0], -1, -1), ctx], 0) : ctx);
-                    return (c.MoveToOuterDisposeScope(), ids.MoveToOuterDisposeScope());
-                }
-                var (ctxIn, ctxIds) = ModelText();
-
-                var stepWatch = new Stopwatch();
-                for (int i = 0; i < key.Steps; i++)
-                {
+                    stepWatch.Restart();
                     // Cancelled entries leave the batch before the step.
                     var keep = Enumerable.Range(0, rowEntry.Count).Where(r => !Cancelled(rowEntry[r])).ToArray();
-                    if (keep.Length == 0) break;
-                    if (keep.Length < rowEntry.Count)
-                    {
-                        using var idx = tensor(keep.Select(r => (long)r).ToArray(), device: device);
-                        Tensor Keep(Tensor t) { var k = t.index_select(0, idx); t.Dispose(); return k; }
-                        x = Keep(x);
-                        ctx = Keep(ctx);
-                        if (refTokens is not null) { refTokens = Keep(refTokens); refIds = Keep(refIds!); }
-                        ctxIn.Dispose(); ctxIds.Dispose();
-                        (ctxIn, ctxIds) = ModelText();
-                        rowEntry = keep.Select(r => rowEntry[r]).ToList();
-                        rowImage = keep.Select(r => rowImage[r]).ToList();
-                    }
-                    int rows = rowEntry.Count;
-                    float tCurr = schedule[i], tPrev = schedule[i + 1];
-                    using var stepScope = NewDisposeScope();
-                    stepWatch.Restart();
-                    var v = FlowSampler.Velocity(Model.Transformer, cfg, x, imgIds.expand(rows, -1, -1), ctxIn, ctxIds, tCurr,
-                        (float)(key.Guidance ?? 1.0), refTokens, refIds);                       // [R, h*w, 128] f32
-                    var next = FlowSampler.EulerStep(x, v, tCurr, tPrev);                       // [R, h*w, 128] f32
-                    ComputeDevice.SyncForTiming(device);                                        // benchmarks only (no host sync otherwise)
+                    if (keep.Length == rowEntry.Count) return null;
+                    rowEntry = keep.Select(r => rowEntry[r]).ToList();
+                    rowImage = keep.Select(r => rowImage[r]).ToList();
+                    return keep;
+                }
+                void OnStep(DenoiseStep s)
+                {
                     double stepMs = stepWatch.Elapsed.TotalMilliseconds;
                     foreach (var e in rowEntry.Distinct())
                     {
                         int first = rowEntry.IndexOf(e), count = rowEntry.Count(r => r == e);
-                        string images = string.Join(",", rowImage.GetRange(first, count));
-                        timings[e].Add(new StageTiming($"denoise[{images}].step{i}", stepMs));
+                        timings[e].Add(new StageTiming(Stage.Denoise, stepMs, s.Index, rowImage.GetRange(first, count)));
                         EncodedImage? preview = null;
                         int every = entries[e].PreviewEvery;
-                        if (every > 0 && (i + 1) % every == 0)
+                        if (every > 0 && (s.Index + 1) % every == 0)
                         {
                             var pw = Stopwatch.StartNew();
-                            preview = Preview(x[first..(first + 1)] - tCurr * v[first..(first + 1)], imgIds);
-                            timings[e].Add(new StageTiming($"preview.step{i}", pw.Elapsed.TotalMilliseconds));
+                            using (var x0 = s.Before[first..(first + 1)] - s.TCurr * s.Velocity[first..(first + 1)]) preview = Preview(x0, h, w);
+                            timings[e].Add(new StageTiming(Stage.Preview, pw.Elapsed.TotalMilliseconds, s.Index));
                         }
                         if (onImageStep is not null)
                             for (int r = first; r < first + count; r++)
-                                onImageStep(e, new GenerationStep(rowImage[r], i, key.Steps, tCurr, next[r..(r + 1)]));
-                        onProgress?.Invoke(new BatchProgress(e, i, key.Steps, preview));
+                                onImageStep(e, new GenerationStep(rowImage[r], s.Index, s.Count, s.TCurr, s.Latents[r..(r + 1)]));
+                        onProgress?.Invoke(new BatchProgress(e, s.Index, s.Count, preview));
                     }
-                    next.MoveToOuterDisposeScope();
-                    x.Dispose();
-                    x = next;
                 }
+                var final = SamplingLoop.Run(denoiser, x, schedule, KeepRows, OnStep);
+                x.Dispose();
+                x = final;
             }
 
             // Decode and encode, one image at a time (a batched VAE decode could differ by batch).
@@ -307,13 +297,12 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
                     {
                         sw.Restart();
                         using var imageScope = NewDisposeScope();
-                        var grid = Flux2Packing.Unpack(x[(first + j)..(first + j + 1)], imgIds);  // [1, 128, h, w]
-                        var decoded = Model.Vae.Decode(grid);                                    // [1, 3, H, W]
+                        var decoded = Backend.Decode(x![(first + j)..(first + j + 1)], h, w);   // [1, 3, H, W]
                         ComputeDevice.SyncForTiming(device);
-                        timings[e].Add(new StageTiming($"decode[{j}]", sw.Elapsed.TotalMilliseconds));
+                        timings[e].Add(new StageTiming(Stage.Decode, sw.Elapsed.TotalMilliseconds, Images: [j]));
                         sw.Restart();
                         var encoded = ImageCodec.Encode(decoded, req.Request.Format, req.Request.Quality);
-                        timings[e].Add(new StageTiming($"image_encode[{j}]", sw.Elapsed.TotalMilliseconds));
+                        timings[e].Add(new StageTiming(Stage.ImageEncode, sw.Elapsed.TotalMilliseconds, Images: [j]));
                         outputs.Add(new GeneratedImage(encoded, req.Seed + j, key.Width, key.Height));
                     }
                     outcomes[e] = new BatchOutcome(new GenerationResult(outputs, key.Width, key.Height, req.Seed, key.Steps, key.Guidance,
@@ -330,60 +319,54 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
         return outcomes.Select(o => o!).ToList();
     }
 
-    /// <summary>A small JPEG (longest side at most 256) of x0 tokens [1, h*w, 128].</summary>
-    EncodedImage Preview(Tensor x0, Tensor imgIds)
+    /// <summary>The prompt's features from the cache, encoded (and cached) on a miss; the tensor belongs to the caller's scope.</summary>
+    (Tensor Features, bool Hit) CachedPrompt(string prompt)
+    {
+        if (prompts.TryGet(prompt, out var t)) return (t, true);
+        t = Backend.EncodePrompt(prompt);
+        prompts.Add(prompt, t);
+        return (t, false);
+    }
+
+    /// <summary>A small JPEG (longest side at most 256) of x0 tokens [1, h*w, C].</summary>
+    EncodedImage Preview(Tensor x0, long h, long w)
     {
         using var scope = NewDisposeScope();
-        var image = ImageTensors.ToRgbImage(Model.Vae.Decode(Flux2Packing.Unpack(x0, imgIds)));
+        var image = ImageTensors.ToRgbImage(Backend.Decode(x0, h, w));
         double scale = Math.Min(1.0, 256.0 / Math.Max(image.Width, image.Height));
         if (scale < 1) image = ImageCodec.Resize(image, Math.Max(1, (int)Math.Round(image.Width * scale)), Math.Max(1, (int)Math.Round(image.Height * scale)));
         return ImageCodec.Encode(image, ImageFormat.Jpeg, 80);
     }
 
     /// <summary>
-    /// The sampling core <see cref="Generate"/> runs for each image, open to researchers and parity tests: distilled models take
-    /// one call per step (guidance embedded when the model has it), others classifier-free guidance over
-    /// <paramref name="ctx"/> = [uncond; cond]. Returns [1, L_img, 128] float32 tokens (caller owns).
+    /// One small generation (64x64, one step) through every component on the model's device, the same code requests run,
+    /// then a device synchronise: on CUDA it creates the cuBLAS/cuDNN handles, loads kernels and primes the caching
+    /// allocator, so the first request does not pay for them. Returns its wall time in milliseconds.
     /// </summary>
-    public static Tensor Sample(Flux2Transformer transformer, bool distilled, Tensor noise, Tensor imgIds, Tensor ctx, Tensor ctxIds,
-        IReadOnlyList<float> schedule, double? guidance, Tensor? refTokens, Tensor? refIds, Action<DenoiseStep>? onStep = null, CancellationToken cancellationToken = default) =>
-        distilled
-            ? FlowSampler.Denoise(transformer, noise, imgIds, ctx, ctxIds, schedule, (float)(guidance ?? 1.0), refTokens, refIds, onStep, cancellationToken)
-            : FlowSampler.DenoiseCfg(transformer, noise, imgIds, ctx, ctxIds, schedule, (float)(guidance ?? 1.0), refTokens, refIds, onStep, cancellationToken);
-
-    /// <summary>The prompt's stacked Qwen3 hidden states, [1, L, context dim] in the encoder's dtype (caller owns).</summary>
-    public Tensor EncodePrompt(string prompt)
+    public double WarmUp()
     {
-        var tp = Model.Tokenizer.EncodePrompt(prompt, Model.TextEncoder.Config.MaxLength);
-        return Model.TextEncoder.Encode([tp]);
+        var sw = Stopwatch.StartNew();
+        var p = Prepare(new GenerationRequest { Prompt = "warm-up", Size = new SizeRequest("64x64"), Steps = 1, Seed = 0 });
+        var r = GenerateBatch([new BatchEntry(p, CancellationToken.None)]);
+        if (r[0].Error is { } e) throw new InvalidOperationException($"warm-up of {Backend.CardName} failed: {e.Message}", e);
+        ComputeDevice.Synchronize(Backend.Device);
+        return sw.Elapsed.TotalMilliseconds;
     }
 
-    /// <summary>BFL get_noise for one image: randn [1, 128, h, w] float32 on the CPU from its own generator, as tokens [1, h*w, 128].</summary>
-    public static Tensor Noise(long seed, long h, long w)
-    {
-        using var scope = NewDisposeScope();
-        using var gen = new Generator((ulong)seed);
-        var n = randn([1, 128, h, w], ScalarType.Float32, generator: gen);
-        return Flux2Packing.BatchedPrcImg(n).Tokens.MoveToOuterDisposeScope();
-    }
+    /// <summary>The prompt's text features as the backend gives them (caller owns).</summary>
+    public Tensor EncodePrompt(string prompt) => Backend.EncodePrompt(prompt);
 
-    static Tensor LatentIdsFor(long h, long w)
-    {
-        using var scope = NewDisposeScope();
-        return Flux2Packing.BatchedPrcImg(zeros(1, 1, h, w)).Ids.MoveToOuterDisposeScope();
-    }
-
-    /// <summary>Capped, centre-cropped, VAE-encoded latent [128, h, w] of one reference, from the cache when seen before.</summary>
+    /// <summary>Capped, centre-cropped, VAE-encoded latent of one reference, from the cache when seen before.</summary>
     Tensor ReferenceLatent(byte[] bytes, RgbImage image, long cap)
     {
         string key = Convert.ToHexString(SHA256.HashData(bytes)) + "/" + cap;
         if (references.TryGet(key, out var cached)) return cached;
         image = CapPixels(image, cap);
-        var box = Pixels.CenterCropBox(image.Height, image.Width, 16);
+        var box = Pixels.CenterCropBox(image.Height, image.Width, Backend.Geometry.PixelsPerToken);
         image = ImageCodec.CenterCrop(image, box.Width, box.Height);
         using var scope = NewDisposeScope();
         var x = ImageTensors.ToTensor(image).unsqueeze(0);                       // [1, 3, H, W]
-        var latent = Model.Vae.Encode(x)[0].MoveToOuterDisposeScope();           // [128, H/16, W/16]
+        var latent = Backend.EncodeReference(x).MoveToOuterDisposeScope();
         references.Add(key, latent);
         return latent;
     }
@@ -408,6 +391,7 @@ public sealed class GenerationPipeline(Flux2Model model, PipelineOptions? option
     {
         prompts.Dispose();
         references.Dispose();
+        Backend.Dispose();
     }
 }
 

@@ -3,7 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using InferenceServer.Models.Flux2;
+using InferenceServer.Models;
 using InferenceServer.Models.Runtime;
 using InferenceServer.Pipeline.Generation;
 using Spectre.Console;
@@ -94,10 +94,10 @@ internal static class BenchCommand
         AnsiConsole.MarkupLine($"matmul peak: {peakTflops.ToString("F3", CultureInfo.InvariantCulture)} TFLOP/s ({peakN}x{peakN} {s.DType}, {peakMs.ToString("F2", CultureInfo.InvariantCulture)} ms each)");
 
         var load = Stopwatch.StartNew();
-        using var model = Flux2ModelFolder.Load(s.Model, new Flux2LoadOptions(dtype, WeightsChoice.Parse(s.DType).Quantization) { Device = device });
+        using var pipeline = new GenerationPipeline(ModelFamilies.Load(s.Model, new ModelLoadOptions(dtype, WeightsChoice.Parse(s.DType).Quantization) { Device = device }));
         double loadMs = load.Elapsed.TotalMilliseconds;
+        var model = pipeline.Backend;
         foreach (var line in model.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));
-        using var pipeline = new GenerationPipeline(model);
 
         GenerationRequest Request(int k) => new()
         {
@@ -165,20 +165,20 @@ internal static class BenchCommand
     }
 
     /// <summary>The whole result as JSON (also what the table prints).</summary>
-    internal static JsonObject Report(Settings s, Flux2Model model, Device device, List<(GenerationResult Result, double WallMs)> runs,
+    internal static JsonObject Report(Settings s, IFamilyBackend model, Device device, List<(GenerationResult Result, double WallMs)> runs,
         List<double> warmupMs, double loadMs, (double Tflops, int N, double MsEach) peak)
     {
         var first = runs[0].Result;
-        var cfg = model.Card.Transformer;
-        long imageTokens = (first.Width / 16L) * (first.Height / 16L);
-        long textTokens = model.TextEncoder.Config.MaxLength;
+        long imageTokens = model.Geometry.Tokens(first.Width, first.Height);
+        var flops = model.Flops(imageTokens, $"{s.Prompt} #0");
+        long textTokens = flops.TextTokens;
         int images = first.Images.Count;
 
         // Stages in order of first appearance; every run of one request has the same stages.
-        var names = runs.SelectMany(r => r.Result.Timings.Select(t => t.Stage)).Distinct().ToList();
-        var perStage = names.ToDictionary(n => n, n => runs.Select(r => r.Result.Timings.Where(t => t.Stage == n).Sum(t => t.Milliseconds)).ToArray());
-        var denoise = runs.Select(r => r.Result.Milliseconds("denoise")).ToArray();
-        var stepTimes = runs.SelectMany(r => r.Result.Timings.Where(t => t.Stage.StartsWith("denoise", StringComparison.Ordinal)).Select(t => t.Milliseconds)).ToArray();
+        var names = runs.SelectMany(r => r.Result.Timings.Select(t => t.ToString())).Distinct().ToList();
+        var perStage = names.ToDictionary(n => n, n => runs.Select(r => r.Result.Timings.Where(t => t.ToString() == n).Sum(t => t.Milliseconds)).ToArray());
+        var denoise = runs.Select(r => r.Result.Milliseconds(Stage.Denoise)).ToArray();
+        var stepTimes = runs.SelectMany(r => r.Result.Timings.Where(t => t.Stage == Stage.Denoise).Select(t => t.Milliseconds)).ToArray();
         var stages = new JsonArray();
         void AddStage(string name, double[] ms) => stages.Add(Stats(name, ms));
         foreach (var n in names) AddStage(n, perStage[n]);
@@ -187,7 +187,7 @@ internal static class BenchCommand
         AddStage("total", runs.Select(r => r.Result.Timings.Sum(t => t.Milliseconds)).ToArray());
         AddStage("wall", runs.Select(r => r.WallMs).ToArray());
 
-        double flopStep = Flux2Flops.Step(cfg, imageTokens, textTokens);
+        double flopStep = flops.Total;
         double flopRun = flopStep * first.Steps * images;
         var tflops = denoise.Select(ms => flopRun / (ms / 1e3) / 1e12).ToArray();
         double mean = tflops.Average();
@@ -196,7 +196,8 @@ internal static class BenchCommand
             ["tool"] = "inference-server bench",
             ["utc"] = DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture),
             ["model"] = model.Directory,
-            ["model_card"] = model.Card.Name,
+            ["model_card"] = model.CardName,
+            ["family"] = model.Family,
             ["device"] = device.ToString(),
             ["dtype"] = s.DType,
             ["weights"] = model.WeightFormat,
@@ -216,10 +217,10 @@ internal static class BenchCommand
             ["dit"] = new JsonObject
             {
                 ["flop_per_step_per_image"] = flopStep,
-                ["flop_linear_per_step_per_image"] = Flux2Flops.Linear(cfg, imageTokens, textTokens),
-                ["flop_attention_per_step_per_image"] = Flux2Flops.Attention(cfg, imageTokens, textTokens),
+                ["flop_linear_per_step_per_image"] = flops.Linear,
+                ["flop_attention_per_step_per_image"] = flops.Attention,
                 ["flop_per_run"] = flopRun,
-                ["formula"] = Flux2Flops.Formula,
+                ["formula"] = flops.Formula,
                 ["time"] = "sum of the pipeline's denoise* stage timings of a run (all steps of all images)",
                 ["tflops_mean"] = mean,
                 ["tflops_best"] = tflops.Max(),
@@ -236,7 +237,7 @@ internal static class BenchCommand
             ["run_timings"] = new JsonArray([.. runs.Select(r => (JsonNode)new JsonObject
             {
                 ["wall_ms"] = r.WallMs,
-                ["stages"] = new JsonObject(r.Result.Timings.GroupBy(t => t.Stage).Select(g => KeyValuePair.Create(g.Key, (JsonNode?)g.Sum(t => t.Milliseconds)))),
+                ["stages"] = new JsonObject(r.Result.Timings.GroupBy(t => t.Name).Select(g => KeyValuePair.Create(g.Key, (JsonNode?)g.Sum(t => t.Milliseconds)))),
             })]),
         };
     }

@@ -1,8 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
-using InferenceServer.Models.Flux2;
+using InferenceServer.Models;
 using InferenceServer.Models.Runtime;
-using InferenceServer.Pipeline.Flux2;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using Spectre.Console;
@@ -82,11 +81,10 @@ internal static class GenerateCommand
         var device = ComputeDevice.Resolve(deviceName);
         var load = System.Diagnostics.Stopwatch.StartNew();
         var (dtype, quantization) = WeightsChoice.Parse(weights);
-        using var model = Flux2ModelFolder.Load(modelDir, new Flux2LoadOptions(dtype, quantization) { Device = device });
-        foreach (var line in model.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));
+        using var pipeline = new GenerationPipeline(ModelFamilies.Load(modelDir, new ModelLoadOptions(dtype, quantization) { Device = device }));
+        foreach (var line in pipeline.Backend.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));
         AnsiConsole.MarkupLine($"loaded in {load.Elapsed.TotalSeconds:F1} s");
-        if (ComputeDevice.IsCuda(device)) AnsiConsole.MarkupLine($"warm-up on {device}: {Flux2Warmup.Run(model):F0} ms");
-        using var pipeline = new GenerationPipeline(model);
+        if (ComputeDevice.IsCuda(device)) AnsiConsole.MarkupLine($"warm-up on {device}: {pipeline.WarmUp():F0} ms");
         for (int run = 0; run < repeat; run++)
         {
             if (repeat > 1) AnsiConsole.MarkupLine($"[bold]run {run + 1} of {repeat}[/]");
@@ -119,7 +117,7 @@ internal static class GenerateCommand
             AnsiConsole.MarkupLine($"wrote [green]{Markup.Escape(path)}[/] ({res.Width}x{res.Height}, seed {res.Images[i].Seed})");
         }
         var table = new Table().AddColumn("stage").AddColumn(new TableColumn("ms").RightAligned());
-        foreach (var t in res.Timings) table.AddRow(Markup.Escape(t.Stage), t.Milliseconds.ToString("F1", CultureInfo.InvariantCulture));
+        foreach (var t in res.Timings) table.AddRow(Markup.Escape(t.ToString()), t.Milliseconds.ToString("F1", CultureInfo.InvariantCulture));
         table.AddRow("[bold]total[/]", res.Timings.Sum(t => t.Milliseconds).ToString("F1", CultureInfo.InvariantCulture));
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLine($"size {res.Width}x{res.Height}, seed {res.Seed}, steps {res.Steps}, references {res.References}, prompt cache {(res.PromptCacheHit ? "hit" : "miss")}");

@@ -4,7 +4,7 @@ using InferenceServer.Server.Hosting;
 namespace InferenceServer.Server.Cli;
 
 /// <summary>
-/// <c>inference-server serve [--model DIR] [--http-port 8080] [--grpc-port 50051] ...</c>: the gRPC + OpenAI-compatible HTTP
+/// <c>inference-server serve [--model [NAME=]DIR]... [--http-port 8080] [--grpc-port 50051] ...</c>: the gRPC + OpenAI-compatible HTTP
 /// server. Every option is also configuration (appsettings.json next to the binary, environment <c>InferenceServer__HttpPort</c>);
 /// an option given here wins. Without <c>--model</c> it serves the embedded tiny random-weight model (noise images).
 /// SIGTERM / Ctrl+C: stop admitting, finish every in-flight request, exit.
@@ -13,7 +13,7 @@ internal static class ServeCommand
 {
     public static Command Create()
     {
-        var model = new Option<string?>("--model") { Description = "Model folder (BFL or diffusers layout); default: the embedded tiny random model (noise)" };
+        var model = new Option<string[]>("--model") { Description = "Model folder of any family, DIR or NAME=DIR; repeat to serve several (the first is the default); none: the embedded tiny random model (noise)" };
         var name = new Option<string?>("--model-name") { Description = "Name clients use for the model (default: the model card's)" };
         var httpPort = new Option<int?>("--http-port") { Description = "OpenAI-compatible HTTP port (default 8080; 0: any free port)" };
         var grpcPort = new Option<int?>("--grpc-port") { Description = "gRPC port (default 50051; 0: any free port)" };
@@ -28,7 +28,7 @@ internal static class ServeCommand
         {
             var app = ServerHost.Build([], o =>
             {
-                if (r.GetValue(model) is { } m) o.Model = Path.GetFullPath(m);
+                if (r.GetValue(model) is { Length: > 0 } m) o.Models = [.. m];
                 if (r.GetValue(name) is { } n) o.ModelName = n;
                 if (r.GetValue(httpPort) is { } hp) o.HttpPort = hp;
                 if (r.GetValue(grpcPort) is { } gp) o.GrpcPort = gp;

@@ -56,11 +56,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     public long BatchesRun => Interlocked.Read(ref batchesRun);
     long batchesRun;
 
-    static IReadOnlyList<ServedModel> DefaultLoad(ServerOptions o, Action<string> log)
-    {
-        string dir = o.Model ?? ServedModel.EnsureTinyModel(o.CacheDirectory);
-        return [ServedModel.Load(dir, o.ModelName ?? (o.Model is null ? "flux2-tiny-random" : null), o, log)];
-    }
+    static IReadOnlyList<ServedModel> DefaultLoad(ServerOptions o, Action<string> log) => ServedModel.LoadAll(o, log);
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -108,8 +104,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         Validate(request);
         PreparedRequest prepared;
         try { prepared = model.Pipeline.Prepare(request.Generation); }
-        catch (ImageDecodeException e) { throw new ServiceException(ErrorKind.InvalidArgument, $"image: {e.Message}", "image", inner: e); }
-        catch (ArgumentException e) { throw ServiceException.FromArgument(e); }
+        catch (RequestException e) { throw ServiceException.FromRequest(e); }
 
         // A deadline already past fires at once; anything beyond a day (incl. "infinite" gRPC deadlines) is a day.
         var timeout = request.Timeout ?? options.Queue.DefaultTimeout;
@@ -162,19 +157,9 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
             ?? throw new ServiceException(ErrorKind.NotFound, $"model '{name}' is not served here; served: {string.Join(", ", models.Select(m => m.Name))}", "model");
     }
 
-    void Validate(ImageJobRequest r)
+    /// <summary>What only the server knows; everything about the generation itself is checked once by the pipeline's Prepare.</summary>
+    static void Validate(ImageJobRequest r)
     {
-        var l = options.Limits;
-        var g = r.Generation;
-        if (string.IsNullOrWhiteSpace(g.Prompt)) throw ServiceException.Invalid("prompt", "prompt: must not be empty");
-        if (g.Prompt.Length > l.MaxPromptChars) throw ServiceException.Invalid("prompt", $"prompt: {g.Prompt.Length} characters, at most {l.MaxPromptChars} are allowed");
-        if (g.Count < 1 || g.Count > l.MaxImages) throw ServiceException.Invalid("n", $"n: {g.Count} images requested, 1 to {l.MaxImages} are allowed");
-        if (g.References.Count > l.MaxReferences) throw ServiceException.Invalid("image", $"image: {g.References.Count} reference images given, at most {l.MaxReferences} are allowed");
-        if (g.Steps is { } s && (s < 1 || s > l.MaxSteps)) throw ServiceException.Invalid("steps", $"steps: {s}, 1 to {l.MaxSteps} are allowed");
-        if (g.Quality is < 0 or > 100) throw ServiceException.Invalid("output_compression", $"output_compression: {g.Quality}, 0 to 100 are allowed");
-        if (g.Guidance is { } gd && (double.IsNaN(gd) || gd < 0 || gd > 100)) throw ServiceException.Invalid("guidance", $"guidance: {gd}, 0 to 100 are allowed");
-        for (int i = 0; i < g.References.Count; i++)
-            if (g.References[i].Length == 0) throw ServiceException.Invalid("image", $"image {i + 1}: empty");
         if (r.PreviewEvery < 0) throw ServiceException.Invalid("preview_every", $"preview_every: {r.PreviewEvery}, must be 0 or more");
     }
 
@@ -197,18 +182,18 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     {
         try
         {
-            if (options.Model is null)
+            if (options.Models.Count == 0)
                 log.LogWarning("""
                     ************************************************************************************************
                     No --model given: serving the embedded TINY RANDOM-WEIGHT model. Its images are NOISE.
-                    It is for a first try, tests and load measurements; serve a real FLUX.2 folder with --model DIR.
+                    It is for a first try, tests and load measurements; serve a real model folder with --model DIR.
                     ************************************************************************************************
                     """);
             models = loadModels(options, line => log.LogInformation("{Line}", line));
             foreach (var m in models)
             {
                 var sw = Stopwatch.StartNew();
-                m.WarmUp();
+                m.Pipeline.WarmUp();
                 m.Ready = true;
                 log.LogInformation("model {Model} warm in {Ms:0} ms", m.Name, sw.Elapsed.TotalMilliseconds);
             }
@@ -317,7 +302,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                     job.Admitted.Elapsed.TotalMilliseconds, live.Count, images));
             }
             else if (o.Error is OperationCanceledException) job.Completion.TrySetCanceled(job.Token);
-            else if (o.Error is ArgumentException ae) job.Completion.TrySetException(ServiceException.FromArgument(ae));
+            else if (o.Error is RequestException re) job.Completion.TrySetException(ServiceException.FromRequest(re));
             else if (o.Error is ImageDecodeException de) job.Completion.TrySetException(new ServiceException(ErrorKind.InvalidArgument, $"image: {de.Message}", "image", inner: de));
             else if (IsOutOfMemory(o.Error))
             {

@@ -8,31 +8,72 @@ using static TorchSharp.torch;
 
 namespace InferenceServer.Server.Engine;
 
-/// <summary>A loaded model and its pipeline. Only the engine thread runs it; <see cref="Prepare"/> is safe from any thread.</summary>
-public sealed class ServedModel(string name, GenerationPipeline pipeline, string dtype, string device, bool isDefault) : IDisposable
+/// <summary>A loaded model (any family) and its pipeline. Only the engine thread runs it; <see cref="Prepare"/> is safe from any thread.</summary>
+public sealed class ServedModel(string name, GenerationPipeline pipeline, string device, bool isDefault) : IDisposable
 {
     public string Name { get; } = name;
     public GenerationPipeline Pipeline { get; } = pipeline;
     public bool Ready { get; internal set; }
-    public ModelDescriptor Describe() => new(Name, "flux2", Pipeline.Model.Card.Sampling.DefaultSteps, Pipeline.Options.MaxReferences,
-        dtype, device, isDefault, Ready, created);
+    public ModelDescriptor Describe()
+    {
+        var b = Pipeline.Backend;
+        return new(Name, b.Family, b.Sampling.DefaultSteps, b.AcceptsReferences ? Pipeline.Options.MaxReferences : 0, b.WeightFormat, device, isDefault, Ready, created);
+    }
     readonly DateTimeOffset created = DateTimeOffset.UtcNow;
 
-    /// <summary>Loads a model folder with the server's limits; <paramref name="log"/> gets one line per component.</summary>
-    public static ServedModel Load(string dir, string? name, ServerOptions options, Action<string>? log = null)
+    /// <summary>The server's limits as the pipeline's one limits record.</summary>
+    public static PipelineOptions PipelineOptionsFor(LimitOptions l) => new()
+    {
+        MaxReferences = l.MaxReferences,
+        MaxImages = l.MaxImages,
+        MaxSteps = l.MaxSteps,
+        MaxPromptChars = l.MaxPromptChars,
+        Sizes = new SizeLimits { MinSide = l.MinSide, MaxSide = l.MaxSide, MaxPixels = l.MaxOutputPixels },
+        Decode = new ImageLimits { MaxPixels = l.MaxInputPixels },
+    };
+
+    /// <summary>Loads a model folder of any registered family with the server's limits; <paramref name="log"/> gets one line per component.</summary>
+    public static ServedModel Load(string dir, string? name, ServerOptions options, bool isDefault = true, Action<string>? log = null)
     {
         var (dtype, quantization) = Cli.WeightsChoice.Parse(options.DType);
         var device = ComputeDevice.Resolve(options.Device);
-        var model = Flux2ModelFolder.Load(dir, new Flux2LoadOptions(dtype, quantization) { Device = device });
-        foreach (var line in model.LoadReport) log?.Invoke(line);
-        var l = options.Limits;
-        var pipeline = new GenerationPipeline(model, new PipelineOptions
+        var backend = ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization) { Device = device });
+        foreach (var line in backend.LoadReport) log?.Invoke(line);
+        var pipeline = new GenerationPipeline(backend, PipelineOptionsFor(options.Limits));
+        return new ServedModel(name ?? backend.CardName, pipeline, device.ToString(), isDefault);
+    }
+
+    /// <summary>
+    /// Every model of the options, in order (the first is the default): <c>--model DIR</c> or <c>--model NAME=DIR</c> entries,
+    /// named by NAME, else by the folder name; without any, the embedded tiny random model.
+    /// </summary>
+    public static IReadOnlyList<ServedModel> LoadAll(ServerOptions o, Action<string>? log = null)
+    {
+        var specs = o.Models.Count > 0 ? o.Models.Select(ParseSpec).ToList()
+            : [(o.ModelName ?? "flux2-tiny-random", EnsureTinyModel(o.CacheDirectory))];
+        if (o.Models.Count == 1 && o.ModelName is { } single) specs[0] = (single, specs[0].Dir);
+        var duplicate = specs.GroupBy(s => s.Name, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1);
+        if (duplicate is not null) throw new ArgumentException($"--model: the name '{duplicate.Key}' is given to {duplicate.Count()} models; name them with NAME=DIR");
+        var loaded = new List<ServedModel>();
+        try
         {
-            MaxReferences = l.MaxReferences,
-            Sizes = new SizeLimits { MinSide = l.MinSide, MaxSide = l.MaxSide, MaxPixels = l.MaxOutputPixels },
-            Decode = new ImageLimits { MaxPixels = l.MaxInputPixels },
-        });
-        return new ServedModel(name ?? model.Card.Name, pipeline, model.WeightFormat, device.ToString(), isDefault: true);
+            foreach (var (n, dir) in specs) loaded.Add(Load(dir, n, o, isDefault: loaded.Count == 0, log));
+            return loaded;
+        }
+        catch
+        {
+            foreach (var m in loaded) m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>"NAME=DIR" or "DIR" (named after the folder).</summary>
+    static (string Name, string Dir) ParseSpec(string spec)
+    {
+        int eq = spec.IndexOf('=');
+        if (eq > 0 && !Directory.Exists(spec)) return (spec[..eq], Path.GetFullPath(spec[(eq + 1)..]));
+        string dir = Path.GetFullPath(spec);
+        return (Path.GetFileName(dir.TrimEnd(Path.DirectorySeparatorChar)), dir);
     }
 
     /// <summary>
@@ -45,26 +86,14 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
         string root = cacheDirectory ?? (xdg.Length > 0 ? Path.Combine(xdg, "inference-server")
             : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "inference-server"));
         string dir = Path.Combine(root, "flux2-tiny-random");
-        if (File.Exists(Path.Combine(dir, Flux2ModelFolder.MarkerFile))) return dir;
+        if (File.Exists(Path.Combine(dir, ModelCards.MarkerFile))) return dir;
         string tmp = dir + ".tmp-" + Environment.ProcessId;
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         Flux2RandomModel.Write(ModelCards.Load("flux2-tiny"), Flux2Layout.Bfl, tmp, ScalarType.Float32, seed: 1);
         try { Directory.Move(tmp, dir); }
-        catch (IOException) when (File.Exists(Path.Combine(dir, Flux2ModelFolder.MarkerFile))) { Directory.Delete(tmp, true); }   // another process won
+        catch (IOException) when (File.Exists(Path.Combine(dir, ModelCards.MarkerFile))) { Directory.Delete(tmp, true); }   // another process won
         return dir;
     }
 
-    /// <summary>One small generation so the first request does not pay for lazy initialisation.</summary>
-    public void WarmUp()
-    {
-        var p = Pipeline.Prepare(new GenerationRequest { Prompt = "warm-up", Size = new SizeRequest("64x64"), Steps = 1, Seed = 0 });
-        var r = Pipeline.GenerateBatch([new BatchEntry(p, CancellationToken.None)]);
-        if (r[0].Error is { } e) throw new InvalidOperationException($"warm-up of {Name} failed: {e.Message}", e);
-    }
-
-    public void Dispose()
-    {
-        Pipeline.Dispose();
-        Pipeline.Model.Dispose();
-    }
+    public void Dispose() => Pipeline.Dispose();
 }

@@ -1,3 +1,4 @@
+using InferenceServer.Pipeline.Generation;
 namespace InferenceServer.Server.Engine;
 
 /// <summary>What went wrong, in the terms both front ends map to a status: gRPC status codes and HTTP status codes.</summary>
@@ -37,27 +38,6 @@ public sealed class ServiceException(ErrorKind kind, string message, string? par
 
     public static ServiceException Invalid(string param, string message) => new(ErrorKind.InvalidArgument, message, param);
 
-    /// <summary>
-    /// The pipeline's <see cref="ArgumentException"/> messages start with the field ("n: 0 images requested, ...",
-    /// "size 10x10: ...", "aspect ratio '0:1': ..."); this recovers the field's API name.
-    /// </summary>
-    public static ServiceException FromArgument(ArgumentException e)
-    {
-        string m = e.Message;
-        string? param = m switch
-        {
-            _ when m.StartsWith("prompt", StringComparison.Ordinal) => "prompt",
-            _ when m.StartsWith("image", StringComparison.Ordinal) => "image",
-            _ when m.StartsWith("n:", StringComparison.Ordinal) => "n",
-            _ when m.StartsWith("steps", StringComparison.Ordinal) => "steps",
-            _ when m.StartsWith("quality", StringComparison.Ordinal) => "output_compression",
-            _ when m.StartsWith("size", StringComparison.Ordinal) => "size",
-            _ when m.StartsWith("aspect ratio", StringComparison.Ordinal) => "aspect_ratio",
-            _ when m.StartsWith("resolution", StringComparison.Ordinal) => "resolution",
-            _ when m.StartsWith("guidance", StringComparison.Ordinal) => "guidance",
-            _ when m.StartsWith("seed", StringComparison.Ordinal) => "seed",
-            _ => e.ParamName,
-        };
-        return new ServiceException(ErrorKind.InvalidArgument, m, param, inner: e);
-    }
+    /// <summary>A request the pipeline refused: INVALID_ARGUMENT / 400 naming the field it carries.</summary>
+    public static ServiceException FromRequest(RequestException e) => new(ErrorKind.InvalidArgument, e.Message, e.Field, inner: e);
 }

@@ -164,15 +164,8 @@ public sealed class ImageGrpcService(IImageGenerator generator, IOptions<ServerO
                 Width = (uint)i.Width, Height = (uint)i.Height, Seed = i.Seed,
             });
         response.Timings.StagesMs["queue"] = r.QueueMilliseconds;
-        foreach (var stage in g.Timings.GroupBy(t => StageName(t.Stage)))
+        foreach (var stage in g.Timings.GroupBy(t => t.Name))
             response.Timings.StagesMs[stage.Key] = stage.Sum(t => t.Milliseconds);
         return response;
-    }
-
-    /// <summary>"denoise[0].step2" -> "denoise", "decode[1]" -> "decode".</summary>
-    static string StageName(string stage)
-    {
-        int i = stage.IndexOfAny(['[', '.']);
-        return i < 0 ? stage : stage[..i];
     }
 }

@@ -8,9 +8,13 @@ public sealed class ServerOptions
 {
     public const string Section = "InferenceServer";
 
-    /// <summary>Model folder (BFL or diffusers layout). Null: the embedded tiny random-weight model (noise images).</summary>
-    public string? Model { get; set; }
-    /// <summary>Name clients use for the model; null: the folder's card name (e.g. flux2-klein-4b).</summary>
+    /// <summary>
+    /// Model folders to serve, any family (FLUX.2 BFL or diffusers, Z-Image diffusers or single-file): "DIR" (named after
+    /// the folder) or "NAME=DIR"; the first is the default for requests that name none. Empty: the embedded tiny
+    /// random-weight model (noise images).
+    /// </summary>
+    public List<string> Models { get; set; } = [];
+    /// <summary>Name clients use for the model when exactly one is served; null: from its entry in <see cref="Models"/>.</summary>
     public string? ModelName { get; set; }
     /// <summary>Weights dtype: bf16, fp32 (fp8/int8 where the build has them).</summary>
     public string DType { get; set; } = "bf16";

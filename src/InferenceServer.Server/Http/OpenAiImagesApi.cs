@@ -131,7 +131,7 @@ public static class OpenAiImagesApi
             json.WriteString("request_id", job.RequestId);
             json.WriteStartObject("timings");
             json.WriteNumber("queue", Math.Round(job.QueueMilliseconds, 3));
-            foreach (var stage in g.Timings.GroupBy(t => StageName(t.Stage)))
+            foreach (var stage in g.Timings.GroupBy(t => t.Name))
                 json.WriteNumber(stage.Key, Math.Round(stage.Sum(t => t.Milliseconds), 3));
             json.WriteNumber("total", Math.Round(job.TotalMilliseconds, 3));
             json.WriteEndObject();
@@ -204,11 +204,4 @@ public static class OpenAiImagesApi
     }
 
     static string FormatName(ImageFormat format) => format.ToString().ToLowerInvariant();
-
-    /// <summary>"denoise[0].step2" -> "denoise", "decode[1]" -> "decode".</summary>
-    static string StageName(string stage)
-    {
-        int i = stage.IndexOfAny(['[', '.']);
-        return i < 0 ? stage : stage[..i];
-    }
 }

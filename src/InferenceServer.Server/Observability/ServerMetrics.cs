@@ -59,7 +59,7 @@ public sealed class ServerMetrics
     {
         images.WithLabels(Origin(origin)).Inc(result.Images.Count);
         queueSeconds.Observe(queueMilliseconds / 1000);
-        foreach (var group in result.Timings.GroupBy(t => StageName(t.Stage)))
+        foreach (var group in result.Timings.GroupBy(t => t.Name))
             stageSeconds.WithLabels(group.Key).Observe(group.Sum(t => t.Milliseconds) / 1000);
     }
 
@@ -69,13 +69,6 @@ public sealed class ServerMetrics
         requests.WithLabels(Origin(origin), code).Inc();
         if (error) errors.WithLabels(Origin(origin), code).Inc();
         else requestSeconds.WithLabels(Origin(origin)).Observe(seconds);
-    }
-
-    /// <summary>"denoise[0].step2" -> "denoise", "decode[1]" -> "decode".</summary>
-    static string StageName(string stage)
-    {
-        int i = stage.IndexOfAny(['[', '.']);
-        return i < 0 ? stage : stage[..i];
     }
 
     static string Origin(string origin) => origin is "" ? "other" : origin;

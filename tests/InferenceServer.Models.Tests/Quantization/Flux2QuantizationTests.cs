@@ -73,7 +73,7 @@ public class Flux2QuantizationTests(TinyModelFolder folder, ITestOutputHelper ou
     {
         using var scope = NewDisposeScope();
         using var bf16 = Flux2ModelFolder.Load(folder.Dir, ScalarType.BFloat16);
-        using var q = Flux2ModelFolder.Load(folder.Dir, new Flux2LoadOptions(ScalarType.BFloat16, WeightQuantizer.Parse(mode)));
+        using var q = Flux2ModelFolder.Load(folder.Dir, new ModelLoadOptions(ScalarType.BFloat16, WeightQuantizer.Parse(mode)));
         output.WriteLine($"{mode}: {q.WeightFormat}");
         Assert.Equal("bf16", bf16.WeightFormat);
         Assert.Contains(mode == "fp8" ? "fp8 weights (e4m3, per-tensor scale), dequantized per layer to bf16 (cpu)" : "int8 weight-only (per-output-channel scale), dequantized per layer to bf16", q.WeightFormat); // "into a reused buffer (cpu)" unless switched off
@@ -145,7 +145,7 @@ public class Flux2QuantizationTests(TinyModelFolder folder, ITestOutputHelper ou
             WriteWithFp8Dtype(official, tensors);
             foreach (var (_, t) in tensors) t.Dispose();
 
-            using var m = Flux2ModelFolder.Load(dir, new Flux2LoadOptions(ScalarType.BFloat16, WeightQuantization.Int8)); // asks int8: gets the file's fp8
+            using var m = Flux2ModelFolder.Load(dir, new ModelLoadOptions(ScalarType.BFloat16, WeightQuantization.Int8)); // asks int8: gets the file's fp8
             output.WriteLine(m.WeightFormat);
             Assert.Equal("flux2-tiny", m.Card.Name);
             Assert.StartsWith("fp8 weights (e4m3, per-tensor scale)", m.WeightFormat);
@@ -154,7 +154,7 @@ public class Flux2QuantizationTests(TinyModelFolder folder, ITestOutputHelper ou
             Assert.StartsWith("fp8 weights", plain.WeightFormat);
 
             // Same numbers as quantizing the bf16 folder at load time.
-            using var loadTime = Flux2ModelFolder.Load(folder.Dir, new Flux2LoadOptions(ScalarType.BFloat16, WeightQuantization.Fp8));
+            using var loadTime = Flux2ModelFolder.Load(folder.Dir, new ModelLoadOptions(ScalarType.BFloat16, WeightQuantization.Fp8));
             using var scope = NewDisposeScope();
             var (x, xIds, ctx, ctxIds) = Inputs(m.Transformer.Config, 4);
             var a = m.Transformer.Forward(x, xIds, tensor(new[] { 0.5f }), ctx, ctxIds);

@@ -40,7 +40,7 @@ public class BatchGenerationTests(TinyModelFolders folders, ITestOutputHelper ou
         var txt = cat(Abc.Select(r => p.EncodePrompt(r.Prompt)).ToList(), 0);                  // [3, Lt, D]
         var (ctx, ctxIds) = Flux2Packing.BatchedPrcTxt(txt);
         ctx = ctx.to(dtype);
-        var x = cat(Enumerable.Range(0, 3).Select(i => GenerationPipeline.Noise(10 + i, 4, 4)).ToList(), 0); // [3, 16, 128]
+        var x = cat(Enumerable.Range(0, 3).Select(i => p.Backend.Noise(10 + i, 4, 4)).ToList(), 0); // [3, 16, 128]
         var ids = Flux2Packing.BatchedPrcImg(zeros(3, 1, 4, 4)).Ids;                             // [3, 16, 4]
         var t = full(3, 0.7f, ScalarType.Float32);
         var three = model.Transformer.Forward(x, ids, t, ctx, ctxIds).to(ScalarType.Float32);
@@ -77,8 +77,8 @@ public class BatchGenerationTests(TinyModelFolders folders, ITestOutputHelper ou
             Assert.Equal(Enumerable.Range(0, Abc[e].Count).Select(j => Abc[e].Seed!.Value + j), result.Images.Select(i => i.Seed));
             for (int j = 0; j < Abc[e].Count; j++) Assert.Equal(alone[e][j], result.Images[j].Image.Bytes);
             foreach (var stage in new[] { "reference_decode", "text_encode", "reference_encode", "decode[0]", "image_encode[0]" })
-                Assert.Contains(result.Timings, t => t.Stage == stage);
-            Assert.Equal(3, result.Timings.Count(t => t.Stage.StartsWith("denoise[", StringComparison.Ordinal)));
+                Assert.Contains(result.Timings, t => t.ToString() == stage);
+            Assert.Equal(3, result.Timings.Count(t => t.Stage == Stage.Denoise));
         }
         Assert.Equal(Alone(p, Abc[0] with { Seed = 101, Count = 1 })[0], outcomes[0].Result!.Images[1].Image.Bytes); // row 1 of A is seed 101 alone
         output.WriteLine($"{dtype}: batch [A n=2, B, C] (4 rows, 3 steps, 64x64) {batchMs:F0} ms; the three alone {aloneMs:F0} ms; A's timings: " +
@@ -181,9 +181,9 @@ public class BatchGenerationTests(TinyModelFolders folders, ITestOutputHelper ou
         var edit = p.Prepare(Req("a", 5, size: "64x64", refs: [Png(96, 64, 1), Png(50, 70, 2)]));
         Assert.Equal("6x4,3x4", edit.Key.References);                                        // latent grids after the 16-pixel centre crop
         Assert.Equal(edit.Key, p.Prepare(Req("b", 6, size: "64x64", refs: [Png(100, 70, 3), Png(63, 79, 4)])).Key); // same token shapes, other pixels
-        Assert.Contains("prompt", Assert.Throws<ArgumentException>(() => p.Prepare(Req(" ", 1))).Message);
-        Assert.Contains("image 1", Assert.Throws<ArgumentException>(() => p.Prepare(Req("a", 1, refs: [[1, 2, 3]]))).Message);
-        Assert.Contains("image 2: image 40x12 is smaller than 16", Assert.Throws<ArgumentException>(() => p.Prepare(Req("a", 1, refs: [Png(64, 64, 1), Png(40, 12, 2)]))).Message);
+        Assert.Contains("prompt", Assert.Throws<RequestException>(() => p.Prepare(Req(" ", 1))).Message);
+        Assert.Contains("image 1", Assert.Throws<RequestException>(() => p.Prepare(Req("a", 1, refs: [[1, 2, 3]]))).Message);
+        Assert.Contains("image 2: image 40x12 is smaller than 16", Assert.Throws<RequestException>(() => p.Prepare(Req("a", 1, refs: [Png(64, 64, 1), Png(40, 12, 2)]))).Message);
         Assert.NotEqual(p.Prepare(Req("a", 1) with { Seed = null }).Seed, p.Prepare(Req("a", 1) with { Seed = null }).Seed);
     }
 
@@ -226,7 +226,7 @@ public class BatchGenerationTests(TinyModelFolders folders, ITestOutputHelper ou
                 var img = codec.Decode(s.Preview.Bytes);
                 Assert.Equal((w, h), (img.Width, img.Height));
             }
-            Assert.Equal(2, outcomes[0].Result!.Timings.Count(t => t.Stage.StartsWith("preview", StringComparison.Ordinal)));
+            Assert.Equal(2, outcomes[0].Result!.Timings.Count(t => t.Stage == Stage.Preview));
             // Previews do not change the result.
             Assert.Equal(Alone(p, entries[0].Request.Request), outcomes[0].Result!.Images.Select(i => i.Image.Bytes));
         }

@@ -96,7 +96,7 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
         Assert.Equal(count, r.References);
         Assert.Equal((1360, 768), (r.Width, r.Height)); // auto: the first reference, 80x48 = 5:3, is nearest to 16:9
         Assert.Single(steps);
-        output.WriteLine($"{count} refs: {r.Milliseconds("reference_encode"):F0} ms reference encode, total {r.Timings.Sum(t => t.Milliseconds):F0} ms");
+        output.WriteLine($"{count} refs: {r.Milliseconds(Stage.ReferenceEncode):F0} ms reference encode, total {r.Timings.Sum(t => t.Milliseconds):F0} ms");
     }
 
     [Fact]
@@ -104,10 +104,16 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
     {
         using var p = new GenerationPipeline(folders.BflModel);
         var eleven = Enumerable.Range(0, 11).Select(k => Png(32, 32, k)).ToList();
-        Assert.Contains("at most 10", Assert.Throws<ArgumentException>(() => p.Generate(Request(refs: eleven))).Message);
-        Assert.Contains("64 to 4096", Assert.Throws<ArgumentException>(() => p.Generate(Request(size: "10x10"))).Message);
-        Assert.Contains("image 2", Assert.Throws<ArgumentException>(() => p.Generate(Request(refs: [Png(32, 32, 0), [1, 2, 3, 4]]))).Message);
-        Assert.Contains("prompt", Assert.Throws<ArgumentException>(() => p.Generate(Request() with { Prompt = " " })).Message);
+        Assert.Contains("at most 10", Assert.Throws<RequestException>(() => p.Generate(Request(refs: eleven))).Message);
+        Assert.Contains("64 to 4096", Assert.Throws<RequestException>(() => p.Generate(Request(size: "10x10"))).Message);
+        Assert.Contains("image 2", Assert.Throws<RequestException>(() => p.Generate(Request(refs: [Png(32, 32, 0), [1, 2, 3, 4]]))).Message);
+        Assert.Contains("prompt", Assert.Throws<RequestException>(() => p.Generate(Request() with { Prompt = " " })).Message);
+        // The field travels as data: the front ends report it without reading the message.
+        Assert.Equal("size", Assert.Throws<RequestException>(() => p.Generate(Request(size: "abc"))).Field);
+        Assert.Equal("aspect_ratio", Assert.Throws<RequestException>(() => p.Generate(Request() with { Size = new SizeRequest(null, "0:3", null) })).Field);
+        Assert.Equal("n", Assert.Throws<RequestException>(() => p.Generate(Request() with { Count = 17 })).Field);
+        Assert.Equal("steps", Assert.Throws<RequestException>(() => p.Generate(Request(steps: 201))).Field);
+        Assert.Equal("guidance", Assert.Throws<RequestException>(() => p.Generate(Request() with { Guidance = double.NaN })).Field);
     }
 
     [Fact]
@@ -152,8 +158,8 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
         Assert.Equal([0, 1, 2], seen.Select(s => s.Item1));
         Assert.Equal(1f, seen[0].Item2);
         Assert.Equal([1L, 16, 128], seen[0].Item3);
-        Assert.Equal(3, r.Timings.Count(t => t.Stage.StartsWith("denoise[0]", StringComparison.Ordinal)));
-        foreach (var stage in new[] { "text_encode", "reference_encode", "decode[0]", "image_encode[0]" }) Assert.Contains(r.Timings, t => t.Stage == stage);
+        Assert.Equal(3, r.Timings.Count(t => t.Stage == Stage.Denoise && t.Images is [0]));
+        foreach (var stage in new[] { "text_encode", "reference_encode", "decode[0]", "image_encode[0]" }) Assert.Contains(r.Timings, t => t.ToString() == stage);
 
         using var cts = new CancellationTokenSource();
         Assert.ThrowsAny<OperationCanceledException>(() => p.Generate(Request(steps: 4), s => { if (s.Step == 1) cts.Cancel(); }, cts.Token));
@@ -168,7 +174,7 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
         Assert.False(first.PromptCacheHit);
         Assert.True(second.PromptCacheHit);
         Assert.Equal(first.Images[0].Image.Bytes, second.Images[0].Image.Bytes);
-        output.WriteLine($"text encode: miss {first.Milliseconds("text_encode"):F1} ms, hit {second.Milliseconds("text_encode"):F3} ms");
+        output.WriteLine($"text encode: miss {first.Milliseconds(Stage.TextEncode):F1} ms, hit {second.Milliseconds(Stage.TextEncode):F3} ms");
         using var small = new GenerationPipeline(folders.BflModel, new PipelineOptions { PromptCacheBytes = 1 });
         small.Generate(Request());
         Assert.Equal(0, small.PromptCacheBytes); // larger than the bound: not kept
@@ -187,7 +193,7 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
         Assert.Equal(first.Images[0].Image.Bytes, again.Images[0].Image.Bytes);
         p.Generate(Request(steps: 1, refs: [img, Png(64, 64, 1)])); // several references: another cap, another key
         Assert.Equal(held * 2 + 128L * 4 * 4 * 4, p.ReferenceCacheBytes);
-        output.WriteLine($"reference encode: miss {first.Milliseconds("reference_encode"):F1} ms, hit {again.Milliseconds("reference_encode"):F1} ms");
+        output.WriteLine($"reference encode: miss {first.Milliseconds(Stage.ReferenceEncode):F1} ms, hit {again.Milliseconds(Stage.ReferenceEncode):F1} ms");
     }
 
     [Fact]
@@ -201,10 +207,10 @@ public class GenerationPipelineTests(TinyModelFolders folders, ITestOutputHelper
             using var scope = NewDisposeScope();
             using var model = c.LoadModel();
             var ts = FlowSchedule.GetSchedule(c.Shape("num_steps"), c.Shape("L_img"));
-            var final = GenerationPipeline.Sample(model, distilled: true, c.T("x_init"), c.T("img_ids"), c.T("ctx"), c.T("ctx_ids"), ts, null, c.T("ref_tokens"), c.T("ref_ids"));
+            var final = FlowSampler.Denoise(model, c.T("x_init"), c.T("img_ids"), c.T("ctx"), c.T("ctx_ids"), ts, 1f, c.T("ref_tokens"), c.T("ref_ids"));
             TensorAssert.Close(final, c.T("edit_final"), c.Atol, c.Rtol, $"{caseName}/edit_final");
             ran++;
-            output.WriteLine($"{caseName} edit_final via GenerationPipeline.Sample: max |diff| {TensorAssert.MaxAbsDiff(final, c.T("edit_final")):G3}");
+            output.WriteLine($"{caseName} edit_final via FlowSampler.Denoise (SamplingLoop): max |diff| {TensorAssert.MaxAbsDiff(final, c.T("edit_final")):G3}");
         }
         Assert.True(ran > 0, "no flux2-denoise fixture case with an edit run");
     }

@@ -39,14 +39,14 @@ public class SizeRequestTests
     [InlineData("12x", "expected WxH")]
     public void Bad_sizes_are_refused_with_a_clear_message(string size, string expected)
     {
-        var e = Assert.Throws<ArgumentException>(() => new SizeRequest(size).Resolve(Limits));
+        var e = Assert.Throws<RequestException>(() => new SizeRequest(size).Resolve(Limits));
         Assert.Contains(expected, e.Message);
     }
 
     [Fact]
     public void Pixel_limit_and_tier_are_checked()
     {
-        Assert.Contains("more than the limit", Assert.Throws<ArgumentException>(() => new SizeRequest("4096x4096").Resolve(Limits with { MaxPixels = 1 << 20 })).Message);
-        Assert.Contains("1K, 2K or 4K", Assert.Throws<ArgumentException>(() => new SizeRequest(null, "1:1", "8K").Resolve(Limits)).Message);
+        Assert.Contains("more than the limit", Assert.Throws<RequestException>(() => new SizeRequest("4096x4096").Resolve(Limits with { MaxPixels = 1 << 20 })).Message);
+        Assert.Contains("1K, 2K or 4K", Assert.Throws<RequestException>(() => new SizeRequest(null, "1:1", "8K").Resolve(Limits)).Message);
     }
 }

@@ -44,7 +44,7 @@ public sealed class RunningServer : IAsyncDisposable
     {
         var app = ServerHost.Build([], o =>
         {
-            o.Model = TinyModel.Folder;
+            o.Models = [TinyModel.Folder];
             o.ModelName = "tiny";
             o.DType = "fp32";
             o.BindAddress = "127.0.0.1";

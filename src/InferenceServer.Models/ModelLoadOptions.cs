@@ -1,0 +1,13 @@
+using InferenceServer.Models.Quantization;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Models;
+
+/// <summary>How a model folder is loaded, whatever its family.</summary>
+/// <param name="DType">Activation and float-weight dtype (bfloat16 or float32).</param>
+/// <param name="Quantization">Transformer weight quantization: none (as stored), fp8 or int8. The VAE and text encoder are never quantized.</param>
+public sealed record ModelLoadOptions(ScalarType DType = ScalarType.BFloat16, WeightQuantization Quantization = WeightQuantization.None)
+{
+    /// <summary>Where to load (default the CPU).</summary>
+    public Device? Device { get; init; }
+}
