@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using InferenceServer.Models.Weights;
 
 namespace InferenceServer.Models.ZImage;
@@ -23,8 +24,9 @@ public sealed record ZImageConfig
     /// <summary>Blocks of each refiner: as many noise (image, modulated) as context (caption, unmodulated) refiners.</summary>
     public required int NRefinerLayers { get; init; }
     public required int NHeads { get; init; }
-    /// <summary>Must equal <see cref="NHeads"/> (the release has no GQA; the official attention ignores it).</summary>
-    public int NKvHeads { get; init; }
+    /// <summary>Must equal <see cref="NHeads"/> (the release has no GQA); unset (0) reads as <see cref="NHeads"/>.</summary>
+    public int NKvHeads { get => nKvHeads == 0 ? NHeads : nKvHeads; init => nKvHeads = value; }
+    readonly int nKvHeads;
     /// <summary>Every RMSNorm's eps (sandwich norms, QK norms, caption RMSNorm).</summary>
     public double NormEps { get; init; } = 1e-5;
     /// <summary>Only true is supported (the release has <c>norm_q</c>/<c>norm_k</c>).</summary>
@@ -108,6 +110,36 @@ public sealed record ZImageConfig
         }.Validated();
     }
 
+    /// <summary>
+    /// diffusers' <c>transformer/config.json</c> for this config (what <see cref="FromDiffusersConfig(string)"/> reads back; the
+    /// released file has the same keys). Only configs with adaln_dim = min(dim, 256) can be expressed in it.
+    /// </summary>
+    public JsonObject ToDiffusersConfig()
+    {
+        if (AdalnDim != Math.Min(Dim, AdalnEmbedDim))
+            throw new InvalidOperationException($"adaln_dim {AdalnDim} != min(dim, {AdalnEmbedDim}): not expressible in a diffusers config.json");
+        return new JsonObject
+        {
+            ["_class_name"] = "ZImageTransformer2DModel",
+            ["_diffusers_version"] = "0.36.0.dev0",
+            ["all_f_patch_size"] = new JsonArray(FPatchSize),
+            ["all_patch_size"] = new JsonArray(PatchSize),
+            ["axes_dims"] = new JsonArray(AxesDims.Select(a => (JsonNode)a).ToArray()),
+            ["axes_lens"] = new JsonArray(AxesLens.Select(a => (JsonNode)a).ToArray()),
+            ["cap_feat_dim"] = CapFeatDim,
+            ["dim"] = Dim,
+            ["in_channels"] = InChannels,
+            ["n_heads"] = NHeads,
+            ["n_kv_heads"] = NKvHeads,
+            ["n_layers"] = NLayers,
+            ["n_refiner_layers"] = NRefinerLayers,
+            ["norm_eps"] = NormEps,
+            ["qk_norm"] = QkNorm,
+            ["rope_theta"] = RopeTheta,
+            ["t_scale"] = TScale,
+        };
+    }
+
     /// <summary>Infers the config from a checkpoint's tensor shapes (either layout, see <see cref="FromShapes"/>).</summary>
     public static ZImageConfig FromTensors(ITensorSource source) =>
         FromShapes(source.Entries.ToDictionary(e => e.Name, e => e.Shape, StringComparer.Ordinal));
@@ -151,7 +183,7 @@ public sealed record ZImageConfig
         Check(InChannels > 0, $"in_channels must be positive, got {InChannels}");
         Check(PatchSize == 2 && FPatchSize == 1, $"patch {PatchSize}/{FPatchSize}: only patch 2, f_patch 1 (the released '2-1' embedder) is supported");
         Check(Dim > 0 && NHeads > 0 && Dim % NHeads == 0, $"dim {Dim} must be a positive multiple of n_heads {NHeads}");
-        Check(NKvHeads == 0 || NKvHeads == NHeads, $"n_kv_heads {NKvHeads} != n_heads {NHeads}: grouped-query attention is not supported");
+        Check(NKvHeads == NHeads, $"n_kv_heads {NKvHeads} != n_heads {NHeads}: grouped-query attention is not supported");
         Check(QkNorm, "qk_norm = false is not supported (the released model has QK RMSNorm)");
         Check(NLayers >= 0 && NRefinerLayers >= 0, $"n_layers {NLayers} and n_refiner_layers {NRefinerLayers} must be >= 0");
         Check(CapFeatDim > 0, $"cap_feat_dim must be positive, got {CapFeatDim}");
