@@ -147,30 +147,32 @@ public sealed class ZImageTransformer : Module
             Trace("context_refiner_freqs_cis", capFreqs);
         }
 
+        // Each block's input is disposed as soon as its output exists: at full size a stream is ~35 MB per sample and block.
         for (int i = 0; i < noise_refiner.Count; i++)
         {
-            var mod = noise_refiner[i].Modulation(cond);
+            using var mod = noise_refiner[i].Modulation(cond);
             if (i == 0) Trace("noise_refiner.0.adaLN_out", mod);
-            img = noise_refiner[i].forward(img, xFreqs, null, mod); // one grid for the batch: no batch padding
+            img = Replace(img, noise_refiner[i].forward(img, xFreqs, null, mod)); // one grid for the batch: no batch padding
             Trace($"noise_refiner.{i}.out", img);
         }
         for (int i = 0; i < context_refiner.Count; i++)
         {
-            cap = context_refiner[i].forward(cap, capFreqs, capMask, null);
+            cap = Replace(cap, context_refiner[i].forward(cap, capFreqs, capMask, null));
             Trace($"context_refiner.{i}.out", cap);
         }
 
         // Unified sequence per sample: [image (all Lxp rows), caption (its Lcp rows)], image first; zero batch padding.
         var (uni, uniMask) = ZImageMath.PadBatch(Enumerable.Range(0, b).Select(i => cat([img[i], cap[i, ..(int)capPadded[i]]], 0)).ToList());
         var (uniFreqs, _) = ZImageMath.PadBatch(Enumerable.Range(0, b).Select(i => cat([xFreqs[i], capFreqSeqs[i]], 0)).ToList());
+        img.Dispose(); cap.Dispose();
         Trace("layers_in", uni);
         Trace("layers_attn_mask", KeyMask(uniMask, b, uni.shape[1]));
         Trace("layers_freqs_cis", uniFreqs);
         for (int i = 0; i < layers.Count; i++)
         {
-            var mod = layers[i].Modulation(cond);
+            using var mod = layers[i].Modulation(cond);
             if (i == 0) Trace("layers.0.adaLN_out", mod);
-            uni = layers[i].forward(uni, uniFreqs, uniMask, mod);
+            uni = Replace(uni, layers[i].forward(uni, uniFreqs, uniMask, mod));
             Trace($"layers.{i}.out", uni);
         }
 
@@ -181,6 +183,8 @@ public sealed class ZImageTransformer : Module
         Trace("final_layer_out", y);
         return y[.., ..(int)lx].contiguous().MoveToOuterDisposeScope();
     }
+
+    static Tensor Replace(Tensor old, Tensor next) { old.Dispose(); return next; }
 
     static Tensor KeyMask(Tensor? mask, long b, long l) => mask is null ? ones(b, l) : mask.view(b, l).to(ScalarType.Float32);
 
