@@ -44,13 +44,8 @@ public static class Flux2RandomCheckpoint
         finally { gen.Dispose(); }
     }
 
-    /// <summary>Per-tensor seed: FNV-1a of the key mixed with the checkpoint seed.</summary>
-    public static ulong TensorSeed(long seed, string name)
-    {
-        ulong h = 14695981039346656037UL ^ (ulong)seed;
-        foreach (char ch in name) { h ^= ch; h *= 1099511628211UL; }
-        return h & 0x7FFF_FFFF_FFFF_FFFFUL;
-    }
+    /// <summary>Per-tensor seed: FNV-1a of the key mixed with the checkpoint seed (<see cref="RandomWeights.TensorSeed"/>).</summary>
+    public static ulong TensorSeed(long seed, string name) => RandomWeights.TensorSeed(seed, name);
 
     /// <summary>
     /// Writes a random checkpoint. BFL: <c>outDir/fileName</c>. diffusers: <c>outDir/transformer/</c> shards, index and

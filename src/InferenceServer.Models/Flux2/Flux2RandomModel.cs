@@ -140,16 +140,8 @@ public static class Flux2RandomModel
         return list;
     }
 
-    /// <summary>A 1-D tensor named *norm*.weight ~ 1 + 0.1 N(0,1); a matrix ~ N(0,1) / sqrt(fan-in). Drawn in float32 from (seed, key).</summary>
-    static Tensor RandomTensor(TensorSpec s, long seed)
-    {
-        using var scope = NewDisposeScope();
-        using var gen = new Generator(Flux2RandomCheckpoint.TensorSeed(seed, s.Name));
-        var r = randn(s.Shape, ScalarType.Float32, generator: gen);
-        long fanIn = s.Shape.Skip(1).Aggregate(1L, (a, b) => a * b);
-        r = s.Shape.Length == 1 ? r * 0.1 + 1 : r * Math.Pow(fanIn, -0.5);
-        return r.to(s.DType.ToScalarType()).MoveToOuterDisposeScope();
-    }
+    /// <summary>A 1-D tensor (norm weight) ~ 1 + 0.1 N(0,1); a matrix ~ N(0,1) / sqrt(fan-in): <see cref="RandomWeights.Tensor"/>.</summary>
+    static Tensor RandomTensor(TensorSpec s, long seed) => RandomWeights.Tensor(s, seed);
 
     /// <summary>VAE values: conv/linear weights random; GroupNorm weight 1, every bias 0; BatchNorm mean 0, var 1, count 0.</summary>
     internal static Tensor VaeTensor(TensorSpec s, long seed)
