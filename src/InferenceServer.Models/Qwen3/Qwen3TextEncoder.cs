@@ -6,8 +6,9 @@ using static TorchSharp.torch;
 namespace InferenceServer.Models.Qwen3;
 
 /// <summary>
-/// The FLUX.2 [klein] text encoder: a Qwen3 decoder run over the templated, padded prompt, returning the hidden
-/// states of <see cref="Qwen3Config.OutputLayers"/> side by side, <c>[B, L, layers * hidden]</c>
+/// The Qwen3 text encoder of FLUX.2 [klein] and Z-Image: a Qwen3 decoder run over the templated, padded prompt, returning the hidden
+/// states of <see cref="Qwen3Config.OutputLayers"/> side by side (klein: [9, 18, 27]; Z-Image: the single layer
+/// <see cref="Text.PromptFormat.ZImage"/> selects, with <see cref="EncodeCaptions"/> dropping the pad rows), <c>[B, L, layers * hidden]</c>
 /// (<c>stack(dim=1)</c> then <c>b c l d -> b l (c d)</c>), for all L positions (pads included, not zeroed).
 /// Only the layers up to the highest output layer are built and run. Parameter names are Hugging Face's
 /// (<c>model.layers.N.self_attn.q_proj.weight</c>, ...); <c>lm_head</c> is never needed.
@@ -98,6 +99,26 @@ public sealed class Qwen3TextEncoder : nn.Module<Tensor, Tensor, Tensor>
         var ids = tensor(prompts.SelectMany(p => p.InputIds).Select(i => (long)i).ToArray(), [prompts.Count, l]);     // [B, L]
         var mask = tensor(prompts.SelectMany(p => p.AttentionMask).Select(i => (long)i).ToArray(), [prompts.Count, l]); // [B, L]
         return forward(ids, mask).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Caption features with the pad rows dropped (<see cref="Text.PromptFormat.DropPadding"/>, Z-Image): for each prompt
+    /// the rows of <see cref="Encode"/> whose attention mask is 1 (<c>embeds[i][mask[i]]</c>), each <c>[L_i, OutputDim]</c>
+    /// in <see cref="DType"/>. Build the encoder from <c>PromptFormat.ZImage.Configure(config)</c> for Z-Image's
+    /// <c>hidden_states[-2]</c>. The prompts run as one padded batch; the caller disposes the results.
+    /// </summary>
+    public IReadOnlyList<Tensor> EncodeCaptions(IReadOnlyList<Text.TokenizedPrompt> prompts)
+    {
+        using var scope = NewDisposeScope();
+        var all = Encode(prompts);                                           // [B, L, OutputDim]
+        var rows = new Tensor[prompts.Count];
+        for (int i = 0; i < prompts.Count; i++)
+        {
+            var mask = prompts[i].AttentionMask;
+            var keep = tensor(Enumerable.Range(0, mask.Length).Where(j => mask[j] != 0).Select(j => (long)j).ToArray(), device: all.device);
+            rows[i] = all[i].index_select(0, keep).MoveToOuterDisposeScope(); // [L_i, OutputDim]
+        }
+        return rows;
     }
 
     /// <summary>

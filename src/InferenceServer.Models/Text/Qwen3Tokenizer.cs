@@ -5,7 +5,7 @@ using Microsoft.ML.Tokenizers;
 namespace InferenceServer.Models.Text;
 
 /// <summary>
-/// One prompt rendered with the klein chat template and cut/padded to a fixed length.
+/// One prompt rendered with a chat template (klein's unless a <see cref="PromptFormat"/> says otherwise) and cut/padded to a fixed length.
 /// </summary>
 /// <param name="InputIds">Exactly <c>max_length</c> ids: the template's ids, right-truncated, right-padded with the pad id.</param>
 /// <param name="AttentionMask">1 for each real token, 0 for each pad (same length).</param>
@@ -147,15 +147,18 @@ public sealed class Qwen3Tokenizer
     public TokenizedPrompt EncodePrompt(string prompt, int maxLength)
     {
         ArgumentNullException.ThrowIfNull(prompt);
-        ArgumentOutOfRangeException.ThrowIfLessThan(maxLength, 1);
-        int[] all = Encode(ApplyChatTemplate(prompt));
-        int n = Math.Min(all.Length, maxLength);
-        var ids = new int[maxLength];
-        var mask = new int[maxLength];
-        all.AsSpan(0, n).CopyTo(ids);
-        ids.AsSpan(n).Fill(PadId);
-        mask.AsSpan(0, n).Fill(1);
-        return new TokenizedPrompt(ids, mask, n, all.Length);
+        return EncodeFixedLength(ApplyChatTemplate(prompt), maxLength);
+    }
+
+    /// <summary>
+    /// Renders <paramref name="prompt"/> with <paramref name="format"/>'s template and tokenizes it to exactly its
+    /// <see cref="PromptFormat.MaxLength"/> ids (right truncation, right padding with <see cref="PadId"/>).
+    /// </summary>
+    public TokenizedPrompt EncodePrompt(string prompt, PromptFormat format)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        ArgumentNullException.ThrowIfNull(format);
+        return EncodeFixedLength(format.Render(prompt), format.MaxLength);
     }
 
     /// <summary><see cref="EncodePrompt(string, int)"/> of a UTF-8 prompt; invalid UTF-8 is refused with an <see cref="ArgumentException"/>.</summary>
@@ -167,6 +170,28 @@ public sealed class Qwen3Tokenizer
         ArgumentNullException.ThrowIfNull(prompts);
         if (prompts.Count == 0) throw new ArgumentException("the batch holds no prompt", nameof(prompts));
         return [.. prompts.Select(p => EncodePrompt(p, maxLength))];
+    }
+
+    /// <summary>Several prompts, each as <see cref="EncodePrompt(string, PromptFormat)"/>; an empty batch is refused.</summary>
+    public IReadOnlyList<TokenizedPrompt> EncodePrompts(IReadOnlyList<string> prompts, PromptFormat format)
+    {
+        ArgumentNullException.ThrowIfNull(prompts);
+        if (prompts.Count == 0) throw new ArgumentException("the batch holds no prompt", nameof(prompts));
+        return [.. prompts.Select(p => EncodePrompt(p, format))];
+    }
+
+    /// <summary>Token ids of <paramref name="text"/> cut and right-padded to exactly <paramref name="maxLength"/>.</summary>
+    TokenizedPrompt EncodeFixedLength(string text, int maxLength)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxLength, 1);
+        int[] all = Encode(text);
+        int n = Math.Min(all.Length, maxLength);
+        var ids = new int[maxLength];
+        var mask = new int[maxLength];
+        all.AsSpan(0, n).CopyTo(ids);
+        ids.AsSpan(n).Fill(PadId);
+        mask.AsSpan(0, n).Fill(1);
+        return new TokenizedPrompt(ids, mask, n, all.Length);
     }
 
     string? TokenOf(int id) => (uint)id < (uint)tokenById.Length ? tokenById[id] : null;

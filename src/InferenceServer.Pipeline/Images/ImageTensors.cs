@@ -30,22 +30,23 @@ public static class ImageTensors
     static readonly float[] UnitRange = [.. Enumerable.Range(0, 256).Select(v => 2f * (v / 255f) - 1f)];
 
     /// <summary>
-    /// The float -> u8 step of the reference's decode (<see cref="Pixels.ToU8"/>: clamp, then <c>(127.5 * (x + 1)).byte()</c>)
-    /// for one image. Takes <c>[3, H, W]</c> or <c>[1, 3, H, W]</c> (any float dtype, any device); returns u8 <c>[H, W, 3]</c> on the CPU.
+    /// The float -> u8 step of the reference's decode for one image: FLUX.2's by default (<see cref="Pixels.ToU8(Tensor)"/>:
+    /// clamp, then <c>(127.5 * (x + 1)).byte()</c>); Z-Image's with <see cref="PixelRounding.HalfToEven"/>.
+    /// Takes <c>[3, H, W]</c> or <c>[1, 3, H, W]</c> (any float dtype, any device); returns u8 <c>[H, W, 3]</c> on the CPU.
     /// </summary>
-    public static Tensor ToUInt8Hwc(Tensor image)
+    public static Tensor ToUInt8Hwc(Tensor image, PixelRounding rounding = PixelRounding.Truncate)
     {
         if (!(image.dim() == 3 && image.shape[0] == 3) && !(image.dim() == 4 && image.shape[0] == 1 && image.shape[1] == 3))
             throw new ArgumentException($"expected [3, H, W] or [1, 3, H, W], got [{string.Join(", ", image.shape)}]", nameof(image));
         using var scope = NewDisposeScope();
         var batch = image.dim() == 3 ? image.unsqueeze(0) : image;               // [1, 3, H, W]
-        return Pixels.ToU8(batch)[0].cpu().MoveToOuterDisposeScope();            // [H, W, 3]
+        return Pixels.ToU8(batch, rounding)[0].cpu().MoveToOuterDisposeScope();  // [H, W, 3]
     }
 
     /// <summary>A <c>[3, H, W]</c> / <c>[1, 3, H, W]</c> tensor in [-1, 1] as an image, through <see cref="ToUInt8Hwc"/>.</summary>
-    public static RgbImage ToRgbImage(Tensor image)
+    public static RgbImage ToRgbImage(Tensor image, PixelRounding rounding = PixelRounding.Truncate)
     {
-        using var u8 = ToUInt8Hwc(image);
+        using var u8 = ToUInt8Hwc(image, rounding);
         return new RgbImage((int)u8.shape[1], (int)u8.shape[0], u8.data<byte>().ToArray());
     }
 }

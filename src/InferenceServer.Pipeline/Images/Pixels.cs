@@ -6,6 +6,19 @@ namespace InferenceServer.Pipeline.Images;
 /// <summary>A crop rectangle in pixels: rows <c>[Top, Top+Height)</c>, columns <c>[Left, Left+Width)</c>.</summary>
 public readonly record struct CropBox(int Top, int Left, int Height, int Width);
 
+/// <summary>How decoded floats in [-1, 1] become u8 pixels: the models' references differ.</summary>
+public enum PixelRounding
+{
+    /// <summary>BFL FLUX.2 cli.py: <c>clamp(-1, 1)</c>, then <c>(127.5*(x+1)).byte()</c>, which truncates (<see cref="Pixels.ToU8(Tensor)"/>).</summary>
+    Truncate,
+
+    /// <summary>
+    /// diffusers <c>VaeImageProcessor.postprocess</c> and the official Z-Image <c>generate()</c>:
+    /// <c>round(clamp(x/2 + 0.5, 0, 1) * 255)</c>, round half to even (<see cref="Pixels.ToU8Diffusers"/>).
+    /// </summary>
+    HalfToEven,
+}
+
 /// <summary>
 /// Pixel conversions between uint8 RGB images <c>[B, H, W, 3]</c> and the autoencoder's float range, exactly as the
 /// BFL reference does them (sampling.py <c>default_prep</c>, cli.py), as small pure functions on tensors.
@@ -34,9 +47,14 @@ public static class Pixels
         return v.to(ScalarType.Byte).permute(0, 2, 3, 1).contiguous().MoveToOuterDisposeScope(); // [B, H, W, C]
     }
 
+    /// <summary>Decoded float <c>[B, C, H, W]</c> -> uint8 <c>[B, H, W, C]</c> with the given <paramref name="rounding"/>.</summary>
+    public static Tensor ToU8(Tensor decoded, PixelRounding rounding) =>
+        rounding == PixelRounding.HalfToEven ? ToU8Diffusers(decoded) : ToU8(decoded);
+
     /// <summary>
-    /// Diffusers' <c>VaeImageProcessor.postprocess</c> rounding, for comparison only: <c>round(clamp(x*0.5+0.5, 0, 1)*255)</c>
-    /// with round-half-even. Differs from <see cref="ToU8"/> by one in many pixels.
+    /// Diffusers' <c>VaeImageProcessor.postprocess</c> rounding, which is also the official Z-Image pipeline's:
+    /// <c>round(clamp(x*0.5+0.5, 0, 1)*255)</c> with round-half-even (x*0.5 == x/2 exactly). Differs from
+    /// <see cref="ToU8(Tensor)"/> (FLUX.2) by one in many pixels.
     /// </summary>
     public static Tensor ToU8Diffusers(Tensor decoded)
     {

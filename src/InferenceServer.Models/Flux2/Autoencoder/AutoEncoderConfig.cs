@@ -24,6 +24,15 @@ public sealed record AutoEncoderConfig
     /// <summary>Latent patch (rows, columns) packed into channels: 2x2 turns 32 latent channels into 128 token features.</summary>
     [JsonPropertyName("ps")] public int[] PatchSize { get; init; } = [2, 2];
 
+    /// <summary>
+    /// Whether the encoder ends with the 1x1 <c>quant_conv</c> (FLUX.2: yes). The FLUX.1 AE, which shares these blocks
+    /// (see <c>ZImageAutoencoder</c>), has neither it nor <see cref="UsePostQuantConv"/>.
+    /// </summary>
+    [JsonPropertyName("use_quant_conv")] public bool UseQuantConv { get; init; } = true;
+
+    /// <summary>Whether the decoder starts with the 1x1 <c>post_quant_conv</c> (FLUX.2: yes; FLUX.1: no).</summary>
+    [JsonPropertyName("use_post_quant_conv")] public bool UsePostQuantConv { get; init; } = true;
+
     /// <summary>The real FLUX.2 VAE (BFL <c>AutoEncoderParams()</c> defaults, used by <c>util.load_ae</c>).</summary>
     public static AutoEncoderConfig Flux2 { get; } = new();
 

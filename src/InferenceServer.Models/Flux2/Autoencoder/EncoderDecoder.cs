@@ -7,12 +7,13 @@ namespace InferenceServer.Models.Flux2.Autoencoder;
 
 /// <summary>
 /// BFL <c>Encoder</c>: conv_in, <c>down.i</c> levels (ResNet blocks, Downsample except at the last level), mid block,
-/// norm_out, swish, conv_out and <c>quant_conv</c>. Output: the Gaussian moments <c>[B, 2*z_channels, H/8, W/8]</c>
+/// norm_out, swish, conv_out and <c>quant_conv</c> (absent when <see cref="AutoEncoderConfig.UseQuantConv"/> is false,
+/// as in FLUX.1). Output: the Gaussian moments <c>[B, 2*z_channels, H/8, W/8]</c>
 /// (mean first, then log-variance).
 /// </summary>
 public sealed class Encoder : Module<Tensor, Tensor>
 {
-    readonly Conv2d quant_conv;
+    readonly Conv2d? quant_conv;
     readonly Conv2d conv_in;
     readonly ModuleList<Level> down;
     readonly MidBlock mid;
@@ -22,7 +23,7 @@ public sealed class Encoder : Module<Tensor, Tensor>
     /// <summary>Builds the encoder of <paramref name="c"/> (random weights until loaded).</summary>
     public Encoder(AutoEncoderConfig c) : base(nameof(Encoder))
     {
-        quant_conv = Conv2d(2 * c.ZChannels, 2 * c.ZChannels, kernel_size: 1);
+        if (c.UseQuantConv) quant_conv = Conv2d(2 * c.ZChannels, 2 * c.ZChannels, kernel_size: 1);
         conv_in = Conv2d(c.InChannels, c.Ch, kernel_size: 3, stride: 1, padding: 1);
         down = new ModuleList<Level>();
         long blockIn = c.Ch;
@@ -51,7 +52,7 @@ public sealed class Encoder : Module<Tensor, Tensor>
         h = Replace(h, mid.forward(h));                                      // [B, C_last, H/8, W/8]
         h = Replace(h, norm_out.forward(h).silu_());
         h = Replace(h, conv_out.forward(h));                                 // [B, 2z, H/8, W/8]
-        return Replace(h, quant_conv.forward(h));                            // [B, 2z, H/8, W/8]
+        return quant_conv is null ? h : Replace(h, quant_conv.forward(h));   // [B, 2z, H/8, W/8]
     }
 
     /// <summary>Frees the previous activation once the next one exists.</summary>
@@ -63,13 +64,13 @@ public sealed class Encoder : Module<Tensor, Tensor>
 }
 
 /// <summary>
-/// BFL <c>Decoder</c>: <c>post_quant_conv</c>, conv_in, mid block, <c>up.i</c> levels run from the lowest resolution
+/// BFL <c>Decoder</c>: <c>post_quant_conv</c> (unless <see cref="AutoEncoderConfig.UsePostQuantConv"/> is false), conv_in, mid block, <c>up.i</c> levels run from the lowest resolution
 /// (<c>up.{L-1}</c>) to <c>up.0</c> with num_res_blocks+1 ResNet blocks each and an Upsample except at level 0,
 /// norm_out, swish, conv_out. <c>[B, z_channels, h, w]</c> -> <c>[B, out_ch, 8h, 8w]</c>.
 /// </summary>
 public sealed class Decoder : Module<Tensor, Tensor>
 {
-    readonly Conv2d post_quant_conv;
+    readonly Conv2d? post_quant_conv;
     readonly Conv2d conv_in;
     readonly MidBlock mid;
     readonly ModuleList<Level> up;
@@ -79,7 +80,7 @@ public sealed class Decoder : Module<Tensor, Tensor>
     /// <summary>Builds the decoder of <paramref name="c"/> (random weights until loaded).</summary>
     public Decoder(AutoEncoderConfig c) : base(nameof(Decoder))
     {
-        post_quant_conv = Conv2d(c.ZChannels, c.ZChannels, kernel_size: 1);
+        if (c.UsePostQuantConv) post_quant_conv = Conv2d(c.ZChannels, c.ZChannels, kernel_size: 1);
         long blockIn = (long)c.Ch * c.ChMult[^1];
         conv_in = Conv2d(c.ZChannels, blockIn, kernel_size: 3, stride: 1, padding: 1);
         mid = new MidBlock(blockIn, c);
@@ -100,8 +101,9 @@ public sealed class Decoder : Module<Tensor, Tensor>
     /// <summary>Latent <c>[B, z_channels, h, w]</c> -> image <c>[B, out_ch, 8h, 8w]</c> (not clamped).</summary>
     public override Tensor forward(Tensor z)
     {
-        var h = post_quant_conv.forward(z);                                  // [B, z, h, w]
-        h = Encoder.Replace(h, conv_in.forward(h));                          // [B, C_last, h, w]
+        Tensor h;
+        if (post_quant_conv is null) h = conv_in.forward(z);                 // [B, C_last, h, w]
+        else using (var q = post_quant_conv.forward(z)) h = conv_in.forward(q); // [B, z, h, w] -> [B, C_last, h, w]
         h = Encoder.Replace(h, mid.forward(h));
         for (int level = up.Count - 1; level >= 0; level--)
         {

@@ -12,7 +12,7 @@ namespace InferenceServer.Models.Flux2.Autoencoder;
 /// Encode and decode run in the dtype of the weights (float32 or bfloat16) on their device; the BatchNorm
 /// normalisation and the returned tokens and images are float32.
 /// </summary>
-public sealed class Flux2Autoencoder : Module
+public sealed class Flux2Autoencoder : Module, ITileDecoder
 {
     readonly Encoder encoder;
     readonly Decoder decoder;
@@ -94,6 +94,8 @@ public sealed class Flux2Autoencoder : Module
         using var _ = no_grad();
         return TiledDecoding.Decode(this, z, options ?? VaeDecodeOptions.Default);
     }
+
+    Tensor ITileDecoder.DecodeWhole(Tensor z) => DecodeWhole(z);
 
     /// <summary>Runs the decoder on one latent (no tiling) and returns float32.</summary>
     internal Tensor DecodeWhole(Tensor z)

@@ -82,10 +82,24 @@ public static class AutoEncoderMemory
     }
 }
 
+/// <summary>
+/// A decoder <see cref="TiledDecoding"/> can split: FLUX.2's and the FLUX.1 AE of Z-Image share the decoder blocks,
+/// so the same memory estimate and tiling serve both.
+/// </summary>
+internal interface ITileDecoder
+{
+    AutoEncoderConfig Config { get; }
+    ScalarType ComputeType { get; }
+    Device Device { get; }
+
+    /// <summary>The decoder on one whole latent <c>[B, z, h, w]</c> -> float32 image <c>[B, out_ch, 8h, 8w]</c>.</summary>
+    Tensor DecodeWhole(Tensor z);
+}
+
 /// <summary>Whole, per-sample or tiled decoding of a latent under a memory budget.</summary>
 internal static class TiledDecoding
 {
-    public static Tensor Decode(Flux2Autoencoder ae, Tensor z, VaeDecodeOptions o)
+    public static Tensor Decode(ITileDecoder ae, Tensor z, VaeDecodeOptions o)
     {
         var c = ae.Config;
         long b = z.shape[0], h = z.shape[2], w = z.shape[3];
@@ -104,7 +118,7 @@ internal static class TiledDecoding
     }
 
     /// <summary>Decodes overlapping <paramref name="tile"/>-sized latent tiles and cross-fades them into one image.</summary>
-    static Tensor Tiled(Flux2Autoencoder ae, Tensor z, int tile, int overlap)
+    static Tensor Tiled(ITileDecoder ae, Tensor z, int tile, int overlap)
     {
         if (tile <= overlap) throw new ArgumentException($"tile size {tile} must exceed the overlap {overlap}");
         int f = ae.Config.DownFactor;
