@@ -54,6 +54,9 @@ public static class ModelCards
         return doc.RootElement.TryGetProperty("model_card", out var name) ? name.GetString() : null;
     }
 
+    /// <summary>The parsed JSON of card <paramref name="name"/> (caller disposes), for a family's own card reader.</summary>
+    public static JsonDocument Read(string name) => JsonDocument.Parse(File.ReadAllText(PathOf(name)));
+
     static string PathOf(string name)
     {
         string path = Path.Combine(Directory, name + ".json");

@@ -70,24 +70,8 @@ public static class Flux2RandomModel
             WriteJson(Path.Combine(vaeDir, "config.json"), DiffusersVaeConfig(vaeConfig));
         }
 
-        // text encoder
-        var teConfig = Flux2ModelFolder.TextEncoderConfig(card);
-        string teDir = Path.Combine(outDir, "text_encoder");
-        Directory.CreateDirectory(teDir);
-        var teSpecs = TextEncoderSpecs(teConfig, dtype);
-        long teTotal = teSpecs.Sum(s => s.ByteLength);
-        var teProgress = new Inline(b => progress?.Invoke("text_encoder", b, teTotal));
-        if (teTotal <= TextEncoderShardBytes)
-            SafetensorsWriter.Write(Path.Combine(teDir, "model.safetensors"), teSpecs, s => RandomTensor(s, seed), meta, teProgress);
-        else
-            SafetensorsWriter.WriteSharded(teDir, "model", teSpecs, s => RandomTensor(s, seed), TextEncoderShardBytes, meta, teProgress);
-        WriteJson(Path.Combine(teDir, "config.json"), HfQwen3Config(teConfig, dtype));
-
-        // tokenizer
-        string tokDir = Path.Combine(outDir, "tokenizer");
-        Directory.CreateDirectory(tokDir);
-        foreach (var f in Directory.GetFiles(Path.Combine(ModelCards.Directory, "qwen3-tokenizer")))
-            File.Copy(f, Path.Combine(tokDir, Path.GetFileName(f)), overwrite: true);
+        WriteTextEncoder(outDir, Flux2ModelFolder.TextEncoderConfig(card), dtype, seed, meta, progress);
+        CopyTokenizer(outDir);
 
         if (layout == Flux2Layout.Diffusers)
             WriteJson(Path.Combine(outDir, "model_index.json"), new JsonObject
@@ -101,6 +85,31 @@ public static class Flux2RandomModel
                 ["vae"] = new JsonArray("diffusers", "AutoencoderKLFlux2"),
             });
         WriteJson(Path.Combine(outDir, Flux2ModelFolder.MarkerFile), new JsonObject { ["model_card"] = card.Name, ["random_seed"] = seed, ["dtype"] = dtype.ToString() });
+    }
+
+    /// <summary>A random HF Qwen3 <c>text_encoder/</c> (sharded above <see cref="TextEncoderShardBytes"/>, with config.json): shared by every family's writer.</summary>
+    public static void WriteTextEncoder(string outDir, Qwen3Config teConfig, ScalarType dtype, long seed, IReadOnlyDictionary<string, string> meta,
+        Action<string, long, long>? progress)
+    {
+        string teDir = Path.Combine(outDir, "text_encoder");
+        Directory.CreateDirectory(teDir);
+        var teSpecs = TextEncoderSpecs(teConfig, dtype);
+        long teTotal = teSpecs.Sum(s => s.ByteLength);
+        var teProgress = new Inline(b => progress?.Invoke("text_encoder", b, teTotal));
+        if (teTotal <= TextEncoderShardBytes)
+            SafetensorsWriter.Write(Path.Combine(teDir, "model.safetensors"), teSpecs, s => RandomTensor(s, seed), meta, teProgress);
+        else
+            SafetensorsWriter.WriteSharded(teDir, "model", teSpecs, s => RandomTensor(s, seed), TextEncoderShardBytes, meta, teProgress);
+        WriteJson(Path.Combine(teDir, "config.json"), HfQwen3Config(teConfig, dtype));
+    }
+
+    /// <summary>Copies the real Qwen3 tokenizer data (models/qwen3-tokenizer) to <c>tokenizer/</c>.</summary>
+    public static void CopyTokenizer(string outDir)
+    {
+        string tokDir = Path.Combine(outDir, "tokenizer");
+        Directory.CreateDirectory(tokDir);
+        foreach (var f in Directory.GetFiles(Path.Combine(ModelCards.Directory, "qwen3-tokenizer")))
+            File.Copy(f, Path.Combine(tokDir, Path.GetFileName(f)), overwrite: true);
     }
 
     /// <summary>The VAE's state dict (BFL keys, module order) for <paramref name="config"/>: built once to read names and shapes.</summary>
@@ -190,7 +199,7 @@ public static class Flux2RandomModel
         ["torch_dtype"] = dtype == ScalarType.BFloat16 ? "bfloat16" : "float32",
     };
 
-    static void WriteJson(string path, JsonNode node) => File.WriteAllText(path, node.ToJsonString(Indented) + "\n");
+    internal static void WriteJson(string path, JsonNode node) => File.WriteAllText(path, node.ToJsonString(Indented) + "\n");
 
     /// <summary>The random transformer (<see cref="Flux2RandomCheckpoint.Parameter"/>) as a tensor source with BFL keys: nothing on disk.</summary>
     sealed class RandomTransformerSource : ITensorSource
@@ -222,7 +231,7 @@ public static class Flux2RandomModel
         public void Dispose() { }
     }
 
-    sealed class Inline(Action<long> report) : IProgress<long>
+    internal sealed class Inline(Action<long> report) : IProgress<long>
     {
         public void Report(long value) => report(value);
     }

@@ -1,6 +1,7 @@
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
 using InferenceServer.Pipeline.Generation;
+using InferenceServer.Pipeline.Images;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Pipeline.Flux2;
@@ -25,6 +26,7 @@ public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFam
     public LatentGeometry Geometry { get; } = new(16, (int)model.Transformer.Config.InChannels);
     public SamplingDefaults Sampling => Model.Card.Sampling;
     public bool AcceptsReferences => true;
+    public PixelRounding Rounding => PixelRounding.Truncate;
     public bool UsesGuidance => Model.Card.Transformer.UseGuidanceEmbed || !Model.Card.Sampling.Distilled;
     public TorchSharp.torch.nn.Module Transformer => Model.Transformer;
 

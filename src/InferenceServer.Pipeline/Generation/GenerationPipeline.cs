@@ -301,7 +301,7 @@ public sealed class GenerationPipeline : IDisposable
                         ComputeDevice.SyncForTiming(device);
                         timings[e].Add(new StageTiming(Stage.Decode, sw.Elapsed.TotalMilliseconds, Images: [j]));
                         sw.Restart();
-                        var encoded = ImageCodec.Encode(decoded, req.Request.Format, req.Request.Quality);
+                        var encoded = ImageCodec.Encode(ImageTensors.ToRgbImage(decoded, Backend.Rounding), req.Request.Format, req.Request.Quality);
                         timings[e].Add(new StageTiming(Stage.ImageEncode, sw.Elapsed.TotalMilliseconds, Images: [j]));
                         outputs.Add(new GeneratedImage(encoded, req.Seed + j, key.Width, key.Height));
                     }
@@ -332,7 +332,7 @@ public sealed class GenerationPipeline : IDisposable
     EncodedImage Preview(Tensor x0, long h, long w)
     {
         using var scope = NewDisposeScope();
-        var image = ImageTensors.ToRgbImage(Backend.Decode(x0, h, w));
+        var image = ImageTensors.ToRgbImage(Backend.Decode(x0, h, w), Backend.Rounding);
         double scale = Math.Min(1.0, 256.0 / Math.Max(image.Width, image.Height));
         if (scale < 1) image = ImageCodec.Resize(image, Math.Max(1, (int)Math.Round(image.Width * scale)), Math.Max(1, (int)Math.Round(image.Height * scale)));
         return ImageCodec.Encode(image, ImageFormat.Jpeg, 80);

@@ -41,6 +41,8 @@ public interface IFamilyBackend : IDisposable
     bool AcceptsReferences { get; }
     /// <summary>True when the request's guidance reaches the model (embedded guidance or CFG); false: it is ignored and not reported.</summary>
     bool UsesGuidance { get; }
+    /// <summary>How decoded pixels in [-1, 1] become bytes (FLUX.2 truncates, diffusers-style models round half to even).</summary>
+    Images.PixelRounding Rounding { get; }
     /// <summary>The transformer (for weight quantization, FLOP counts and reports).</summary>
     TorchSharp.torch.nn.Module Transformer { get; }
 

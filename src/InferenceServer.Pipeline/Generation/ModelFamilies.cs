@@ -23,6 +23,7 @@ public static class ModelFamilies
     public static IReadOnlyList<IModelFamily> All { get; } =
     [
         new Flux2Family(),
+        new ZImage.ZImageFamily(),
     ];
 
     public static IModelFamily Get(string name) =>

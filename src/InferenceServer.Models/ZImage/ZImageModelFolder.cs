@@ -1,0 +1,136 @@
+using InferenceServer.Models.Quantization;
+using InferenceServer.Models.Qwen3;
+using InferenceServer.Models.Text;
+using InferenceServer.Models.Weights;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace InferenceServer.Models.ZImage;
+
+/// <summary>
+/// A Z-Image(-Turbo) model folder: transformer, FLUX.1 autoencoder, Qwen3 text encoder and tokenizer.
+/// <list type="bullet">
+/// <item>diffusers layout (the release): <c>transformer/</c> (sharded, config.json), <c>vae/</c>, <c>text_encoder/</c>, <c>tokenizer/</c>.</item>
+/// <item>single-file layout: one top-level transformer <c>*.safetensors</c> in the official/ComfyUI naming (optional
+/// <c>model.diffusion_model.</c> prefix, fused qkv; see <see cref="ZImageCheckpoint"/>) next to <c>ae.safetensors</c> or
+/// <c>vae/</c>, <c>text_encoder/</c> and <c>tokenizer/</c>.</item>
+/// </list>
+/// The card: <c>inference-server.json</c>'s <c>"model_card"</c> when present, else zimage-turbo's sampling defaults with
+/// the transformer config read from the folder (config.json, else the tensor shapes).
+/// </summary>
+public static class ZImageModelFolder
+{
+    public const string AeFile = "ae.safetensors";
+    public const string DefaultCard = "zimage-turbo";
+
+    /// <summary>The transformer checkpoint: <c>transformer/</c>, else the one top-level *.safetensors that is not the AE.</summary>
+    public static string TransformerPath(string dir)
+    {
+        string folder = Path.Combine(dir, "transformer");
+        if (Directory.Exists(folder)) return folder;
+        var files = Directory.GetFiles(dir, "*.safetensors").Where(f => Path.GetFileName(f) != AeFile).Order(StringComparer.Ordinal).ToArray();
+        return files.Length switch
+        {
+            1 => files[0],
+            0 => throw new FileNotFoundException($"{dir}: no transformer (neither transformer/ nor a top-level *.safetensors)"),
+            _ => throw new InvalidDataException($"{dir}: several transformer files ({string.Join(", ", files.Select(Path.GetFileName))}); keep one"),
+        };
+    }
+
+    /// <summary>True when the folder's transformer tensors are Z-Image's (names read from headers, nothing loaded).</summary>
+    public static bool Recognises(string dir)
+    {
+        try
+        {
+            using var source = Checkpoint.Open(TransformerPath(dir));
+            return ZImageCheckpoint.IsZImage(source.Entries.Select(e => e.Name));
+        }
+        catch (Exception e) when (e is FileNotFoundException or InvalidDataException or DirectoryNotFoundException) { return false; }
+    }
+
+    /// <summary>Loads every component (see the class summary); strict: a missing file or tensor is named.</summary>
+    public static ZImageModel Load(string dir, ModelLoadOptions options)
+    {
+        dir = Path.GetFullPath(dir);
+        var device = options.Device ?? CPU;
+        var dtype = options.DType;
+        var card = ZImageModelCard.Load(ModelCards.MarkedCard(dir) ?? DefaultCard);
+        string tPath = TransformerPath(dir);
+        string vaePath = Directory.Exists(Path.Combine(dir, "vae")) ? Path.Combine(dir, "vae") : Require(Path.Combine(dir, AeFile), folder: false);
+        string tePath = Require(Path.Combine(dir, "text_encoder"), folder: true);
+        string tokPath = Require(Path.Combine(dir, "tokenizer"), folder: true);
+        var report = new List<string>();
+
+        ZImageTransformer? transformer = null;
+        ZImageAutoencoder? vae = null;
+        Qwen3TextEncoder? encoder = null;
+        try
+        {
+            using (var source = Checkpoint.Open(tPath))
+            {
+                string config = Path.Combine(tPath, "config.json");
+                var tc = File.Exists(config) ? ZImageConfig.FromDiffusersConfig(config)
+                    : ModelCards.MarkedCard(dir) is not null ? card.Transformer : ZImageConfig.FromTensors(source);
+                transformer = new ZImageTransformer(tc, device, dtype);
+                var r = ZImageCheckpoint.Load(transformer, source, strict: true, dtype: dtype);
+                report.Add($"folder {dir}: family zimage ({(ZImageCheckpoint.IsSingleFile(source.Entries.Select(e => e.Name)) ? "single-file" : "diffusers")} transformer), model card {card.Name}, dtype {dtype}, device {device}");
+                if (options.Quantization != WeightQuantization.None)
+                {
+                    // Attention q/k/v and the SwiGLU projections: the bulk of the weights (to_out sits in a ModuleList and stays as stored).
+                    var swapped = WeightQuantizer.QuantizeInPlace(transformer, WeightQuantizer.FormatOf(options.Quantization),
+                        p => p.EndsWith(".to_q", StringComparison.Ordinal) || p.EndsWith(".to_k", StringComparison.Ordinal) || p.EndsWith(".to_v", StringComparison.Ordinal)
+                            || p.Contains(".feed_forward.w", StringComparison.Ordinal));
+                    report.Add($"quantized {swapped.Count} transformer linears to {options.Quantization.ToString().ToLowerInvariant()}");
+                }
+                report.Add($"transformer {Path.GetRelativePath(dir, tPath)}: {r.Loaded} tensors, {tc.NLayers} layers, dim {tc.Dim}; weights {WeightQuantizer.Describe(transformer)}");
+            }
+
+            vae = ZImageAutoencoder.Load(vaePath).To(ScalarType.Float32, device.type == DeviceType.CPU ? null : device);   // the official VAE runs float32
+            report.Add($"vae {Path.GetRelativePath(dir, vaePath)}: FLUX.1 AE, latent {vae.Config.LatentChannels} channels, float32");
+
+            var teConfig = Qwen3Config.Load(Path.Combine(ModelCards.Directory, "text-encoders", card.TextEncoder + ".json"));
+            string hfConfig = Path.Combine(tePath, "config.json");
+            if (File.Exists(hfConfig)) teConfig = Qwen3Config.FromHfConfig(hfConfig, teConfig);
+            teConfig = PromptFormat.ZImage.Configure(teConfig);
+            encoder = Qwen3TextEncoder.Load(tePath, teConfig, dtype, device);
+            report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), {encoder.Depth} layers built");
+
+            var tokenizer = Qwen3Tokenizer.Load(tokPath);
+            report.Add($"tokenizer {Path.GetRelativePath(dir, tokPath)}");
+            return new ZImageModel(dir, card, transformer, vae, encoder, tokenizer, report);
+        }
+        catch
+        {
+            transformer?.Dispose();
+            vae?.Dispose();
+            encoder?.Dispose();
+            throw;
+        }
+    }
+
+    static string Require(string path, bool folder)
+    {
+        if (folder ? Directory.Exists(path) : File.Exists(path)) return path;
+        throw new FileNotFoundException($"model folder is missing {(folder ? "the folder" : "the file")} {path}", path);
+    }
+}
+
+/// <summary>A loaded Z-Image model: every component and what was loaded.</summary>
+public sealed class ZImageModel(string directory, ZImageModelCard card, ZImageTransformer transformer, ZImageAutoencoder vae,
+    Qwen3TextEncoder textEncoder, Qwen3Tokenizer tokenizer, IReadOnlyList<string> report) : IDisposable
+{
+    public string Directory { get; } = directory;
+    public ZImageModelCard Card { get; } = card;
+    public ZImageTransformer Transformer { get; } = transformer;
+    public ZImageAutoencoder Vae { get; } = vae;
+    public Qwen3TextEncoder TextEncoder { get; } = textEncoder;
+    public Qwen3Tokenizer Tokenizer { get; } = tokenizer;
+    public IReadOnlyList<string> LoadReport { get; } = report;
+
+    public void Dispose()
+    {
+        Transformer.Dispose();
+        Vae.Dispose();
+        TextEncoder.Dispose();
+    }
+}
