@@ -98,7 +98,10 @@ public sealed class Decoder : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>Latent <c>[B, z_channels, h, w]</c> -> image <c>[B, out_ch, 8h, 8w]</c> (not clamped).</summary>
+    /// <summary>
+    /// Latent <c>[B, z_channels, h, w]</c> -> image <c>[B, out_ch, 8h, 8w]</c> (not clamped). In bf16 everything but
+    /// <c>conv_out</c> runs in bf16; <c>conv_out</c> runs in float32 and the image is float32 (see <see cref="OutputConvFloat32"/>).
+    /// </summary>
     public override Tensor forward(Tensor z)
     {
         Tensor h;
@@ -111,6 +114,23 @@ public sealed class Decoder : Module<Tensor, Tensor>
             if (up[level].upsample is { } upsample) h = Encoder.Replace(h, upsample.forward(h)); // [B, C, 2h, 2w]
         }
         h = Encoder.Replace(h, norm_out.forward(h).silu_());                 // [B, ch, 8h, 8w]
-        return Encoder.Replace(h, conv_out.forward(h));                      // [B, out_ch, 8h, 8w]
+        if (h.dtype == ScalarType.Float32) return Encoder.Replace(h, conv_out.forward(h)); // [B, out_ch, 8h, 8w]
+        return Encoder.Replace(h, OutputConvFloat32(h));                     // [B, out_ch, 8h, 8w], float32
+    }
+
+    /// <summary>
+    /// <c>conv_out</c> of a reduced-precision (bf16/fp16) activation, computed in float32 and returned as float32.
+    /// libtorch 2.10's CPU bfloat16 3x3 convolution is wrong for fewer than 16 output channels on an NCHW input
+    /// (measured on an AVX512-BF16 CPU: 25-45% of the output range off; 0.2% with an NHWC input or in float32), and
+    /// conv_out has out_ch = 3. A batch-1 decode stays NCHW, so every bf16 decode of one image went through that kernel.
+    /// Float32 here also spares the image a final bf16 rounding (2^-9 relative); conv_out is well under 1% of the decoder's FLOPs
+    /// and its weights are tiny, so they are upcast per call (the module keeps the weights' dtype for loading and ComputeType).
+    /// </summary>
+    Tensor OutputConvFloat32(Tensor h)
+    {
+        using var x = h.to(ScalarType.Float32);                              // [B, ch, 8h, 8w]
+        using var w = conv_out.weight!.to(ScalarType.Float32);               // [out_ch, ch, 3, 3]
+        using var b = conv_out.bias?.to(ScalarType.Float32);                 // [out_ch]
+        return functional.conv2d(x, w, b, strides: [1, 1], padding: [1, 1]);
     }
 }

@@ -65,6 +65,8 @@ public static class AutoEncoderMemory
             }
         }
         Stage(2 * cIn + c.OutCh + cIn + c.OutCh, px);                        // norm_out, conv_out
+        if (elementSize < 4)                                                 // bf16: conv_out runs on a float32 copy (Decoder.OutputConvFloat32)
+            Stage(cIn + 4.0 / elementSize * (2 * cIn + 2 * c.OutCh), px);    // bf16 input + float32 copy, output, conv copies
         return (long)(peak * batch * elementSize);
     }
 
