@@ -4,6 +4,9 @@ using InferenceServer.Models.Runtime;
 using InferenceServer.Models.Weights;
 using Spectre.Console;
 
+using InferenceServer.Models;
+using InferenceServer.Pipeline.Generation;
+
 namespace InferenceServer.Server.Cli;
 
 /// <summary>
@@ -44,6 +47,12 @@ internal static class InspectCommand
             var found = Checkpoint.Discover(path);
             if (found.Count == 0) throw new FileNotFoundException($"{Path.GetFullPath(path)}: no safetensors checkpoint in this folder");
             var summaries = Scan(found, ShowProgress(found, error));
+            // A model folder: say which family the registry sees (card family key first, else the tensors).
+            if (Directory.Exists(path) && !json)
+            {
+                try { output.WriteLine($"model folder: family {ModelFamilies.Detect(path).Name}{(ModelCards.MarkedCard(path) is { } card ? $", card {card}" : "")}"); }
+                catch (InvalidDataException e) { output.WriteLine($"model folder: {e.Message}"); }
+            }
             if (json) WriteJson(summaries, output);
             else WriteTables(summaries, output);
             return 0;

@@ -1,5 +1,6 @@
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
+using InferenceServer.Models.ZImage;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
 using Microsoft.AspNetCore.Builder;
@@ -18,6 +19,15 @@ public static class TinyModel
         return dir;
     });
     public static string Folder => folder.Value;
+
+    static readonly Lazy<string> zimage = new(() =>
+    {
+        string dir = Path.Combine(Directory.CreateTempSubdirectory("server-zimage-tiny-").FullName, "zimage-tiny");
+        ZImageRandomModel.Write(ZImageModelCard.Load("zimage-tiny"), dir, ScalarType.Float32, seed: 5);
+        return dir;
+    });
+    /// <summary>A tiny random Z-Image folder (diffusers layout, FP32).</summary>
+    public static string ZImageFolder => zimage.Value;
 }
 
 /// <summary>
