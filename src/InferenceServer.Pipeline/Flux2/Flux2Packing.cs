@@ -1,3 +1,4 @@
+using InferenceServer.Models.Flux2.Autoencoder;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Pipeline.Flux2;
@@ -11,36 +12,19 @@ public static class Flux2Packing
     /// <summary>Time offset between reference images: reference k gets t = Scale * (k + 1).</summary>
     public const int ReferenceTimeScale = 10;
 
-    /// <summary><c>... c (i pi) (j pj) -> ... (c pi pj) i j</c>: [B, C, H, W] -> [B, 4C, H/2, W/2].</summary>
-    public static Tensor Patchify(Tensor latent)
-    {
-        long b = latent.shape[0], c = latent.shape[1], h = latent.shape[2], w = latent.shape[3];
-        if (h % 2 != 0 || w % 2 != 0) throw new ArgumentException($"latent [{string.Join(", ", latent.shape)}] needs even height and width", nameof(latent));
-        using var v = latent.view(b, c, h / 2, 2, w / 2, 2).permute(0, 1, 3, 5, 2, 4); // [B, C, 2, 2, H/2, W/2]
-        return v.reshape(b, c * 4, h / 2, w / 2);
-    }
-
-    /// <summary>Inverse of <see cref="Patchify"/>: [B, 4C, h, w] -> [B, C, 2h, 2w].</summary>
-    public static Tensor Unpatchify(Tensor x)
-    {
-        long b = x.shape[0], c = x.shape[1] / 4, h = x.shape[2], w = x.shape[3];
-        using var v = x.view(b, c, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3); // [B, C, h, 2, w, 2]
-        return v.reshape(b, c, h * 2, w * 2);
-    }
-
-    /// <summary>BFL <c>prc_img</c>: [C, h, w] -> tokens [h*w, C] (row-major) and ids [h*w, 4] = (t, i, j, 0).</summary>
+    /// <summary>BFL <c>prc_img</c>: [C, h, w] -> tokens [h*w, C] (row-major) and ids [h*w, 4] = (t, i, j, 0) (<see cref="LatentTokens.ToSequence"/> of one grid).</summary>
     public static (Tensor Tokens, Tensor Ids) PrcImg(Tensor x, long t = 0)
     {
-        long c = x.shape[0], h = x.shape[1], w = x.shape[2];
-        var tokens = x.reshape(c, h * w).t().contiguous();
-        return (tokens, Ids(x.device, [t], h, w, 1));
+        using var s = NewDisposeScope();
+        var (tokens, ids) = LatentTokens.ToSequence(x.unsqueeze(0), t);
+        return (tokens[0].MoveToOuterDisposeScope(), ids[0].MoveToOuterDisposeScope());
     }
 
     /// <summary>BFL <c>prc_txt</c>: [L, D] -> (the same tokens, ids [L, 4] = (t, 0, 0, l)).</summary>
     public static (Tensor Tokens, Tensor Ids) PrcTxt(Tensor x, long t = 0) => (x.alias(), Ids(x.device, [t], 1, 1, x.shape[0]));
 
     /// <summary><see cref="PrcImg"/> per batch element: [B, C, h, w] -> ([B, h*w, C], [B, h*w, 4]).</summary>
-    public static (Tensor Tokens, Tensor Ids) BatchedPrcImg(Tensor x) => Batched(x, e => PrcImg(e));
+    public static (Tensor Tokens, Tensor Ids) BatchedPrcImg(Tensor x) => LatentTokens.ToSequence(x);
 
     /// <summary><see cref="PrcTxt"/> per batch element: [B, L, D] -> ([B, L, D], [B, L, 4]).</summary>
     public static (Tensor Tokens, Tensor Ids) BatchedPrcTxt(Tensor x) => Batched(x, e => PrcTxt(e));

@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Security.Cryptography;
-using System.Text;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using InferenceServer.Server.Engine;
@@ -21,7 +19,7 @@ namespace InferenceServer.Server.Grpc;
 public sealed class GrpcCallInterceptor(IOptions<ServerOptions> options, ServerMetrics metrics, ILogger<GrpcCallInterceptor> log) : Interceptor
 {
     const string Origin = "grpc";
-    readonly byte[][] keys = options.Value.ApiKeys.Where(k => !string.IsNullOrEmpty(k)).Select(k => Encoding.UTF8.GetBytes(k)).ToArray();
+    readonly ApiKeys keys = new(options.Value.ApiKeys);
 
     public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context,
         UnaryServerMethod<TRequest, TResponse> continuation) => Answer(context, () => continuation(request, context));
@@ -75,15 +73,11 @@ public sealed class GrpcCallInterceptor(IOptions<ServerOptions> options, ServerM
 
     void Authorize(ServerCallContext context)
     {
-        if (keys.Length == 0) return;
-        string? header = context.RequestHeaders.GetValue("authorization");
-        const string scheme = "Bearer ";
-        if (header is null || !header.StartsWith(scheme, StringComparison.OrdinalIgnoreCase))
-            throw new ServiceException(ErrorKind.Unauthenticated, "an API key is required: send metadata 'authorization: Bearer KEY'", "authorization");
-        var given = Encoding.UTF8.GetBytes(header[scheme.Length..].Trim());
-        bool match = false;
-        foreach (var k in keys) match |= CryptographicOperations.FixedTimeEquals(k, given);
-        if (!match) throw new ServiceException(ErrorKind.Unauthenticated, "the API key is not valid", "authorization");
+        switch (keys.Check(context.RequestHeaders.GetValue("authorization")))
+        {
+            case ApiKeyCheck.Missing: throw new ServiceException(ErrorKind.Unauthenticated, "an API key is required: send metadata 'authorization: Bearer KEY'", "authorization");
+            case ApiKeyCheck.Invalid: throw new ServiceException(ErrorKind.Unauthenticated, "the API key is not valid", "authorization");
+        }
     }
 
     /// <summary>The status each <see cref="ErrorKind"/> documents, with the field and retry hints as trailers.</summary>

@@ -1,5 +1,3 @@
-using System.Security.Cryptography;
-using System.Text;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
 using InferenceServer.Server.Observability;
@@ -21,7 +19,7 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
     public const string RequestIdHeader = "X-Request-Id";
     const string RequestIdItem = "InferenceServer.RequestId";
 
-    readonly byte[][] keys = options.ApiKeys.Where(k => !string.IsNullOrEmpty(k)).Select(Encoding.UTF8.GetBytes).ToArray();
+    readonly ApiKeys keys = new(options.ApiKeys);
 
     /// <summary>The id this middleware gave the request.</summary>
     public static string RequestId(HttpContext context) =>
@@ -40,7 +38,7 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
         context.Response.Headers[RequestIdHeader] = id;
         using var scope = log.BeginScope("request {XRequestId}", id);
 
-        if (keys.Length > 0 && !IsOpen(context.Request.Path) && !Authorized(context.Request.Headers.Authorization.ToString()))
+        if (!IsOpen(context.Request.Path) && keys.Check(context.Request.Headers.Authorization.ToString()) != ApiKeyCheck.Accepted)
         {
             await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.Unauthenticated,
                 "a valid API key is required: send 'Authorization: Bearer YOUR_KEY'")).ConfigureAwait(false);
@@ -62,16 +60,6 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
     static bool IsOpen(PathString path) =>
         path.Equals("/healthz", StringComparison.OrdinalIgnoreCase) || path.Equals("/readyz", StringComparison.OrdinalIgnoreCase)
         || path.Equals("/metrics", StringComparison.OrdinalIgnoreCase);
-
-    bool Authorized(string header)
-    {
-        const string Bearer = "Bearer ";
-        if (!header.StartsWith(Bearer, StringComparison.OrdinalIgnoreCase)) return false;
-        var given = Encoding.UTF8.GetBytes(header[Bearer.Length..].Trim());
-        bool ok = false;
-        foreach (var key in keys) ok |= CryptographicOperations.FixedTimeEquals(given, key);
-        return ok;
-    }
 
     /// <summary>A client id is kept when it is 1-128 printable ASCII characters (it goes into logs and headers).</summary>
     static string? SaneId(string id) =>

@@ -1,3 +1,4 @@
+using InferenceServer.Models.Flux2.Autoencoder;
 using InferenceServer.Models.Flux2;
 using InferenceServer.Pipeline.Flux2;
 using TorchSharp;
@@ -63,7 +64,7 @@ public class FlowSamplerTests(ITestOutputHelper output)
         Assert.Throws<ArgumentException>(() => FlowSampler.Denoise(model, x, ids, ctx, ctxIds, [1f, 0f], 1f, refTokens: x));
         Assert.Throws<ArgumentException>(() => FlowSampler.DenoiseCfg(model, x, ids, ctx, ctxIds, [1f, 0f], 4f));
         Assert.Throws<ArgumentOutOfRangeException>(() => FlowSchedule.GetSchedule(0, 256));
-        Assert.Throws<ArgumentException>(() => Flux2Packing.Patchify(zeros(1, 32, 5, 4)));
+        Assert.Throws<ArgumentException>(() => LatentTokens.Patchify(zeros(1, 32, 5, 4)));
     }
 
     [Fact]

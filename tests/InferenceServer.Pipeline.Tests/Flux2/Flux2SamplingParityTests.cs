@@ -1,3 +1,4 @@
+using InferenceServer.Models.Flux2.Autoencoder;
 using System.Text.Json;
 using InferenceServer.Models.Flux2;
 using InferenceServer.Pipeline.Flux2;
@@ -52,10 +53,10 @@ public class Flux2SamplingParityTests(ITestOutputHelper output)
         var actual = new Dictionary<string, Tensor>();
         if (c.Has("latent"))
         {
-            actual["patchified"] = Flux2Packing.Patchify(c.T("latent"));
+            actual["patchified"] = LatentTokens.Patchify(c.T("latent"));
             (actual["tokens"], actual["img_ids"]) = Flux2Packing.BatchedPrcImg(c.T("patchified"));
             actual["unpacked_grid"] = Flux2Packing.Unpack(c.T("tokens"), c.T("img_ids"));
-            actual["unpatchified"] = Flux2Packing.Unpatchify(c.T("unpacked_grid"));
+            actual["unpatchified"] = LatentTokens.Unpatchify(c.T("unpacked_grid"));
         }
         if (c.Has("perm"))
         {

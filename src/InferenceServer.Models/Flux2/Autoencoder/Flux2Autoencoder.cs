@@ -128,25 +128,11 @@ public sealed class Flux2Autoencoder : Module, ITileDecoder
         return (mean, std);
     }
 
-    /// <summary>2x2 patchify: <c>tok[b, c*4 + 2*pi + pj, i, j] = z[b, c, 2i+pi, 2j+pj]</c> (einops <c>c (i pi) (j pj) -> (c pi pj) i j</c>).</summary>
-    public Tensor Patchify(Tensor z)
-    {
-        int pi = Config.PatchSize[0], pj = Config.PatchSize[1];
-        long b = z.shape[0], c = z.shape[1], h = z.shape[2] / pi, w = z.shape[3] / pj;
-        using var v = z.view(b, c, h, pi, w, pj);                            // [B, c, i, pi, j, pj]
-        using var p = v.permute(0, 1, 3, 5, 2, 4);                           // [B, c, pi, pj, i, j]
-        return p.reshape(b, c * pi * pj, h, w);                              // [B, c*pi*pj, i, j]
-    }
+    /// <summary>The config's patchify (<see cref="LatentTokens.Patchify"/>).</summary>
+    public Tensor Patchify(Tensor z) => LatentTokens.Patchify(z, Config.PatchSize[0], Config.PatchSize[1]);
 
-    /// <summary>Inverse of <see cref="Patchify"/>: <c>z[b, c, 2i+pi, 2j+pj] = tok[b, c*4 + 2*pi + pj, i, j]</c>.</summary>
-    public Tensor Unpatchify(Tensor tok)
-    {
-        int pi = Config.PatchSize[0], pj = Config.PatchSize[1];
-        long b = tok.shape[0], c = tok.shape[1] / (pi * pj), h = tok.shape[2], w = tok.shape[3];
-        using var v = tok.view(b, c, pi, pj, h, w);                          // [B, c, pi, pj, i, j]
-        using var p = v.permute(0, 1, 4, 2, 5, 3);                           // [B, c, i, pi, j, pj]
-        return p.reshape(b, c, h * pi, w * pj);                              // [B, c, 2h, 2w]
-    }
+    /// <summary>Inverse of <see cref="Patchify"/>.</summary>
+    public Tensor Unpatchify(Tensor tok) => LatentTokens.Unpatchify(tok, Config.PatchSize[0], Config.PatchSize[1]);
 
     /// <summary>
     /// Loads a checkpoint (a safetensors file, a sharded source) in BFL or diffusers layout, detected from the keys;

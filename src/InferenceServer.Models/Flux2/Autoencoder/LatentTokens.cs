@@ -9,6 +9,29 @@ namespace InferenceServer.Models.Flux2.Autoencoder;
 /// </summary>
 public static class LatentTokens
 {
+    /// <summary>
+    /// BFL AE patchify: <c>tok[b, c*pi*pj + pj*a + b', i, j] = z[b, c, pi*i + a, pj*j + b']</c> (einops
+    /// <c>c (i pi) (j pj) -> (c pi pj) i j</c>): [B, C, H, W] -> [B, C*pi*pj, H/pi, W/pj].
+    /// </summary>
+    public static Tensor Patchify(Tensor z, int pi = 2, int pj = 2)
+    {
+        if (z.dim() != 4 || z.shape[2] % pi != 0 || z.shape[3] % pj != 0)
+            throw new ArgumentException($"latent [{string.Join(", ", z.shape)}] needs height divisible by {pi} and width by {pj}", nameof(z));
+        long b = z.shape[0], c = z.shape[1], h = z.shape[2] / pi, w = z.shape[3] / pj;
+        using var v = z.view(b, c, h, pi, w, pj);                            // [B, c, i, pi, j, pj]
+        using var p = v.permute(0, 1, 3, 5, 2, 4);                           // [B, c, pi, pj, i, j]
+        return p.reshape(b, c * pi * pj, h, w);                              // [B, c*pi*pj, i, j]
+    }
+
+    /// <summary>Inverse of <see cref="Patchify"/>: [B, C*pi*pj, h, w] -> [B, C, pi*h, pj*w].</summary>
+    public static Tensor Unpatchify(Tensor tok, int pi = 2, int pj = 2)
+    {
+        long b = tok.shape[0], c = tok.shape[1] / (pi * pj), h = tok.shape[2], w = tok.shape[3];
+        using var v = tok.view(b, c, pi, pj, h, w);                          // [B, c, pi, pj, i, j]
+        using var p = v.permute(0, 1, 4, 2, 5, 3);                           // [B, c, i, pi, j, pj]
+        return p.reshape(b, c, h * pi, w * pj);                              // [B, c, 2h, 2w]
+    }
+
     /// <summary>Grid <c>[B, C, h, w]</c> -> tokens <c>[B, h*w, C]</c> (row-major) and int64 ids <c>[B, h*w, 4]</c> = (t, i, j, 0).</summary>
     public static (Tensor Tokens, Tensor Ids) ToSequence(Tensor grid, long t = 0)
     {
