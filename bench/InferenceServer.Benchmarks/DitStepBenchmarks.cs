@@ -12,10 +12,9 @@ namespace InferenceServer.Benchmarks;
 /// (1024 image tokens = a 512x512 image, + 512 text tokens: klein always pads its prompt to 512) and Z-Image-Turbo 6B
 /// (1024 image tokens + 128 caption rows: Z-Image drops the pads, so a typical prompt gives well under 512). Random weights
 /// built in memory in BF16 (DIT_BENCH_DTYPE=fp32 for float32); peak RSS (VmHWM) printed at cleanup.
-/// Run: dotnet run -c Release --project bench/InferenceServer.Benchmarks -- --filter '*DitStep*'
+/// Run (a full-size step takes tens of seconds on a CPU): dotnet run -c Release --project bench/InferenceServer.Benchmarks -- --filter '*DitStep*' --warmupCount 1 --iterationCount 3 --invocationCount 1 --unrollFactor 1
 /// </summary>
 [MemoryDiagnoser(false)]
-[SimpleJob(launchCount: 1, warmupCount: 1, iterationCount: 3, invocationCount: 1)]
 public class DitStepBenchmarks
 {
     [Params("flux2-klein-4b", "zimage-turbo")]

@@ -10,4 +10,7 @@ public sealed record ModelLoadOptions(ScalarType DType = ScalarType.BFloat16, We
 {
     /// <summary>Where to load (default the CPU).</summary>
     public Device? Device { get; init; }
+
+    /// <summary>When set, text encoders with identical weights are loaded once and shared with the other models loaded through it.</summary>
+    public Qwen3.SharedTextEncoders? SharedTextEncoders { get; init; }
 }

@@ -123,6 +123,7 @@ public static class Flux2ModelFolder
         Flux2Transformer? transformer = null;
         Flux2Autoencoder? vae = null;
         Qwen3TextEncoder? encoder = null;
+        IDisposable? encoderLease = null;
         try
         {
             transformer = new Flux2Transformer(card.Transformer, device: device, dtype: dtype);
@@ -149,18 +150,27 @@ public static class Flux2ModelFolder
             var teConfig = TextEncoderConfig(card);
             string hfConfig = Path.Combine(tePath, "config.json");
             if (File.Exists(hfConfig)) teConfig = Qwen3Config.FromHfConfig(hfConfig, teConfig);
-            encoder = Named(tePath, () => Qwen3TextEncoder.Load(tePath, teConfig, dtype, device));
-            report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {encoder.Depth} layers built");
+            if (options.SharedTextEncoders is { } shared)
+            {
+                var (e, lease, with) = Named(tePath, () => shared.Acquire(tePath, teConfig, dtype, device, dir));
+                (encoder, encoderLease) = (e, lease);
+                report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {(with is null ? $"{encoder.Depth} layers built (shareable)" : $"the same weights as {with}: shared, not loaded again")}");
+            }
+            else
+            {
+                encoder = Named(tePath, () => Qwen3TextEncoder.Load(tePath, teConfig, dtype, device));
+                report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {encoder.Depth} layers built");
+            }
 
             var tokenizer = Qwen3Tokenizer.Load(tokPath);
             report.Add($"tokenizer {Rel(dir, tokPath)}");
-            return new Flux2Model(dir, layout, card, transformer, vae, encoder, tokenizer, dtype, report);
+            return new Flux2Model(dir, layout, card, transformer, vae, encoder, tokenizer, dtype, report, teConfig.OutputLayers, encoderLease);
         }
         catch
         {
             transformer?.Dispose();
             vae?.Dispose();
-            encoder?.Dispose();
+            (encoderLease ?? encoder)?.Dispose();
             throw;
         }
     }
@@ -182,9 +192,14 @@ public static class Flux2ModelFolder
 }
 
 /// <summary>A loaded FLUX.2 model: every component, the card it was matched to, and what was loaded.</summary>
+/// <param name="textLayers">Hidden states the features stack (default the encoder config's output layers).</param>
+/// <param name="textEncoderLease">What to dispose instead of the text encoder when it is shared (<see cref="SharedTextEncoders"/>).</param>
 public sealed class Flux2Model(string directory, Flux2Layout layout, Flux2ModelCard card, Flux2Transformer transformer, Flux2Autoencoder vae,
-    Qwen3TextEncoder textEncoder, Qwen3Tokenizer tokenizer, ScalarType dtype, IReadOnlyList<string> report) : IDisposable
+    Qwen3TextEncoder textEncoder, Qwen3Tokenizer tokenizer, ScalarType dtype, IReadOnlyList<string> report, int[]? textLayers = null,
+    IDisposable? textEncoderLease = null) : IDisposable
 {
+    /// <summary>The Qwen3 hidden states klein stacks (card: 9, 18, 27).</summary>
+    public int[] TextLayers { get; } = textLayers ?? textEncoder.Config.OutputLayers;
     public string Directory { get; } = directory;
     public Flux2Layout Layout { get; } = layout;
     public Flux2ModelCard Card { get; } = card;
@@ -204,6 +219,6 @@ public sealed class Flux2Model(string directory, Flux2Layout layout, Flux2ModelC
     {
         Transformer.Dispose();
         Vae.Dispose();
-        TextEncoder.Dispose();
+        (textEncoderLease ?? TextEncoder).Dispose();
     }
 }

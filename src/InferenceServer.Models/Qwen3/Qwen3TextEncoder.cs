@@ -82,15 +82,20 @@ public sealed class Qwen3TextEncoder : nn.Module<Tensor, Tensor, Tensor>
     /// </summary>
     /// <param name="inputIds">[B, L] token ids (int64).</param>
     /// <param name="attentionMask">[B, L]: 1 for real tokens, 0 for pads.</param>
-    public override Tensor forward(Tensor inputIds, Tensor attentionMask)
+    public override Tensor forward(Tensor inputIds, Tensor attentionMask) => Features(inputIds, attentionMask, Config.OutputLayers);
+
+    /// <summary>The hidden states <paramref name="layers"/> side by side, <c>[B, L, layers * hidden]</c> (an encoder shared between models serves each its own layers).</summary>
+    Tensor Features(Tensor inputIds, Tensor attentionMask, int[] layers)
     {
+        if (layers.Any(i => i < 0 || i > Depth)) throw new ArgumentException($"hidden states [{string.Join(", ", layers)}] asked, {Depth} layers built", nameof(layers));
         using var scope = NewDisposeScope();
-        var states = Run(inputIds, attentionMask, Config.OutputLayers.ToHashSet());
-        return cat([.. Config.OutputLayers.Select(i => states[i])], -1).MoveToOuterDisposeScope(); // [B, L, c*C]
+        var states = Run(inputIds, attentionMask, layers.ToHashSet());
+        return cat([.. layers.Select(i => states[i])], -1).MoveToOuterDisposeScope(); // [B, L, c*C]
     }
 
     /// <summary>Encodes tokenized prompts (all of one length, see <see cref="Text.Qwen3Tokenizer.EncodePrompts"/>): [B, L, OutputDim].</summary>
-    public Tensor Encode(IReadOnlyList<Text.TokenizedPrompt> prompts)
+    /// <param name="layers">Hidden-state indices to return; null: <see cref="Qwen3Config.OutputLayers"/>.</param>
+    public Tensor Encode(IReadOnlyList<Text.TokenizedPrompt> prompts, int[]? layers = null)
     {
         if (prompts.Count == 0) throw new ArgumentException("the batch holds no prompt", nameof(prompts));
         int l = prompts[0].InputIds.Length;
@@ -98,7 +103,7 @@ public sealed class Qwen3TextEncoder : nn.Module<Tensor, Tensor, Tensor>
         using var scope = NewDisposeScope();
         var ids = tensor(prompts.SelectMany(p => p.InputIds).Select(i => (long)i).ToArray(), [prompts.Count, l]);     // [B, L]
         var mask = tensor(prompts.SelectMany(p => p.AttentionMask).Select(i => (long)i).ToArray(), [prompts.Count, l]); // [B, L]
-        return forward(ids, mask).MoveToOuterDisposeScope();
+        return Features(ids, mask, layers ?? Config.OutputLayers).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -107,10 +112,10 @@ public sealed class Qwen3TextEncoder : nn.Module<Tensor, Tensor, Tensor>
     /// in <see cref="DType"/>. Build the encoder from <c>PromptFormat.ZImage.Configure(config)</c> for Z-Image's
     /// <c>hidden_states[-2]</c>. The prompts run as one padded batch; the caller disposes the results.
     /// </summary>
-    public IReadOnlyList<Tensor> EncodeCaptions(IReadOnlyList<Text.TokenizedPrompt> prompts)
+    public IReadOnlyList<Tensor> EncodeCaptions(IReadOnlyList<Text.TokenizedPrompt> prompts, int[]? layers = null)
     {
         using var scope = NewDisposeScope();
-        var all = Encode(prompts);                                           // [B, L, OutputDim]
+        var all = Encode(prompts, layers);                                   // [B, L, OutputDim]
         var rows = new Tensor[prompts.Count];
         for (int i = 0; i < prompts.Count; i++)
         {

@@ -64,6 +64,7 @@ public static class ZImageModelFolder
         ZImageTransformer? transformer = null;
         ZImageAutoencoder? vae = null;
         Qwen3TextEncoder? encoder = null;
+        IDisposable? encoderLease = null;
         try
         {
             using (var source = Checkpoint.Open(tPath))
@@ -92,18 +93,21 @@ public static class ZImageModelFolder
             string hfConfig = Path.Combine(tePath, "config.json");
             if (File.Exists(hfConfig)) teConfig = Qwen3Config.FromHfConfig(hfConfig, teConfig);
             teConfig = PromptFormat.ZImage.Configure(teConfig);
-            encoder = Qwen3TextEncoder.Load(tePath, teConfig, dtype, device);
-            report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), {encoder.Depth} layers built");
+            string? sharedWith = null;
+            if (options.SharedTextEncoders is { } shared) (encoder, encoderLease, sharedWith) = shared.Acquire(tePath, teConfig, dtype, device, dir);
+            else encoder = Qwen3TextEncoder.Load(tePath, teConfig, dtype, device);
+            report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), " +
+                (sharedWith is null ? $"{encoder.Depth} layers built" : $"the same weights as {sharedWith}: shared, not loaded again"));
 
             var tokenizer = Qwen3Tokenizer.Load(tokPath);
             report.Add($"tokenizer {Path.GetRelativePath(dir, tokPath)}");
-            return new ZImageModel(dir, card, transformer, vae, encoder, tokenizer, report);
+            return new ZImageModel(dir, card, transformer, vae, encoder, tokenizer, report, teConfig.OutputLayers, encoderLease);
         }
         catch
         {
             transformer?.Dispose();
             vae?.Dispose();
-            encoder?.Dispose();
+            (encoderLease ?? encoder)?.Dispose();
             throw;
         }
     }
@@ -116,9 +120,12 @@ public static class ZImageModelFolder
 }
 
 /// <summary>A loaded Z-Image model: every component and what was loaded.</summary>
+/// <param name="textLayers">The hidden state the captions are (hidden_states[-2]).</param>
+/// <param name="textEncoderLease">What to dispose instead of the text encoder when it is shared (<see cref="SharedTextEncoders"/>).</param>
 public sealed class ZImageModel(string directory, ZImageModelCard card, ZImageTransformer transformer, ZImageAutoencoder vae,
-    Qwen3TextEncoder textEncoder, Qwen3Tokenizer tokenizer, IReadOnlyList<string> report) : IDisposable
+    Qwen3TextEncoder textEncoder, Qwen3Tokenizer tokenizer, IReadOnlyList<string> report, int[] textLayers, IDisposable? textEncoderLease = null) : IDisposable
 {
+    public int[] TextLayers { get; } = textLayers;
     public string Directory { get; } = directory;
     public ZImageModelCard Card { get; } = card;
     public ZImageTransformer Transformer { get; } = transformer;
@@ -131,6 +138,6 @@ public sealed class ZImageModel(string directory, ZImageModelCard card, ZImageTr
     {
         Transformer.Dispose();
         Vae.Dispose();
-        TextEncoder.Dispose();
+        (textEncoderLease ?? TextEncoder).Dispose();
     }
 }

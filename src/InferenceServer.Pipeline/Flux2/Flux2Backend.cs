@@ -34,7 +34,7 @@ public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFam
     public Tensor EncodePrompt(string prompt)
     {
         var tp = Model.Tokenizer.EncodePrompt(prompt, Model.TextEncoder.Config.MaxLength);
-        return Model.TextEncoder.Encode([tp]);
+        return Model.TextEncoder.Encode([tp], Model.TextLayers);
     }
 
     /// <summary>[128, H/16, W/16] packed AE latent.</summary>

@@ -31,7 +31,7 @@ public sealed class ZImageBackend(ZImageModel model) : IFamilyBackend
 
     /// <summary>[L, hidden] features of the prompt's real tokens (L &lt;= 512).</summary>
     public Tensor EncodePrompt(string prompt) =>
-        Model.TextEncoder.EncodeCaptions([Model.Tokenizer.EncodePrompt(prompt, PromptFormat.ZImage)])[0];
+        Model.TextEncoder.EncodeCaptions([Model.Tokenizer.EncodePrompt(prompt, PromptFormat.ZImage)], Model.TextLayers)[0];
 
     public Tensor EncodeReference(Tensor pixels) =>
         throw new RequestException("image", $"image: model {CardName} (zimage) generates from text only and takes no reference images");

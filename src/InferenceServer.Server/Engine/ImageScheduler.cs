@@ -246,26 +246,16 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
 
     static int Images(List<Job> batch) => batch.Sum(j => j.Prepared.Count);
 
-    /// <summary>The oldest job plus compatible ones, in queue order, within the image and token budget (jobs stay queued).</summary>
+    /// <summary>The next batch by <see cref="BatchPolicy"/> over the queue (jobs stay queued).</summary>
     List<Job> Gather()
     {
-        var head = queue.First!.Value;
-        var batch = new List<Job> { head };
-        int images = head.Prepared.Count;
-        long tokens = Tokens(head);
-        for (var n = queue.First.Next; n is not null; n = n.Next)
-        {
-            var j = n.Value;
-            if (j.Model != head.Model || j.Prepared.Key != head.Prepared.Key) continue;
-            if (images + j.Prepared.Count > options.Queue.MaxBatchImages || tokens + Tokens(j) > options.Queue.MaxBatchTokens) continue;
-            batch.Add(j);
-            images += j.Prepared.Count;
-            tokens += Tokens(j);
-        }
-        return batch;
+        var queued = queue.ToList();
+        var picked = new BatchPolicy(options.Queue.MaxBatchImages, options.Queue.MaxBatchTokens).Select(queued.Select(Candidate).ToList());
+        return picked.Select(i => queued[i]).ToList();
     }
 
-    static long Tokens(Job j) => (long)j.Prepared.Count * (j.Prepared.Width / 16) * (j.Prepared.Height / 16);
+    static BatchCandidate Candidate(Job j) =>
+        new(j.Model, j.Prepared.Key, j.Prepared.Count, j.Prepared.Count * j.Model.Pipeline.Backend.Geometry.Tokens(j.Prepared.Width, j.Prepared.Height));
 
     void RunBatch(List<Job> batch)
     {

@@ -1,5 +1,6 @@
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
+using InferenceServer.Models.Qwen3;
 using InferenceServer.Models.Runtime;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
@@ -33,11 +34,12 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
     };
 
     /// <summary>Loads a model folder of any registered family with the server's limits; <paramref name="log"/> gets one line per component.</summary>
-    public static ServedModel Load(string dir, string? name, ServerOptions options, bool isDefault = true, Action<string>? log = null)
+    /// <param name="shared">Text encoders shared with the other models of this server (identical weights load once).</param>
+    public static ServedModel Load(string dir, string? name, ServerOptions options, bool isDefault = true, Action<string>? log = null, SharedTextEncoders? shared = null)
     {
         var (dtype, quantization) = Cli.WeightsChoice.Parse(options.DType);
         var device = ComputeDevice.Resolve(options.Device);
-        var backend = ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization) { Device = device });
+        var backend = ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization) { Device = device, SharedTextEncoders = shared });
         foreach (var line in backend.LoadReport) log?.Invoke(line);
         var pipeline = new GenerationPipeline(backend, PipelineOptionsFor(options.Limits));
         return new ServedModel(name ?? backend.CardName, pipeline, device.ToString(), isDefault);
@@ -55,9 +57,11 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
         var duplicate = specs.GroupBy(s => s.Name, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1);
         if (duplicate is not null) throw new ArgumentException($"--model: the name '{duplicate.Key}' is given to {duplicate.Count()} models; name them with NAME=DIR");
         var loaded = new List<ServedModel>();
+        // Only several models can share a text encoder (hashing the weights costs a read of them).
+        var shared = specs.Count > 1 ? new SharedTextEncoders() : null;
         try
         {
-            foreach (var (n, dir) in specs) loaded.Add(Load(dir, n, o, isDefault: loaded.Count == 0, log));
+            foreach (var (n, dir) in specs) loaded.Add(Load(dir, n, o, isDefault: loaded.Count == 0, log, shared));
             return loaded;
         }
         catch
