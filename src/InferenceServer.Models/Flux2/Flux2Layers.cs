@@ -9,7 +9,7 @@ namespace InferenceServer.Models.Flux2;
 // Building blocks of the FLUX.2 transformer. Field names are the BFL checkpoint keys (RegisterComponents turns
 // them into `img_attn.qkv.weight`, `norm.query_norm.scale`, ...); LayerNorms without affine have no parameters
 // and are applied functionally. Every Linear field is typed Module<Tensor, Tensor> so that weight quantization can swap
-// it for a QuantizedLinear of the same name (Quantization/ModuleSwap.cs).
+// it for a QuantizedLinear of the same name (WeightQuantizer.Swap).
 
 /// <summary>RMSNorm over the last dimension with a learned <c>scale</c>; statistics in float32 whatever the input dtype.</summary>
 public sealed class RMSNorm : Module<Tensor, Tensor>

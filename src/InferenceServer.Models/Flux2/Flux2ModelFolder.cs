@@ -44,7 +44,7 @@ public static class Flux2ModelFolder
     /// <summary>Path of the transformer checkpoint (file or folder) in a folder of <paramref name="layout"/>.</summary>
     public static string TransformerPath(string dir, Flux2Layout layout)
     {
-        if (layout == Flux2Layout.Diffusers) return Require(Path.Combine(dir, "transformer"), folder: true);
+        if (layout == Flux2Layout.Diffusers) return Checkpoint.Require(Path.Combine(dir, "transformer"), folder: true);
         var files = TransformerFiles(dir);
         return files.Length switch
         {
@@ -116,9 +116,9 @@ public static class Flux2ModelFolder
         var card = DetectCard(dir);
         var report = new List<string> { $"folder {dir}: layout {layout.ToString().ToLowerInvariant()}, model card {card.Name}, dtype {dtype}, device {device}" };
         string tPath = TransformerPath(dir, layout);
-        string vaePath = layout == Flux2Layout.Bfl ? Require(Path.Combine(dir, AeFile), folder: false) : Require(Path.Combine(dir, "vae"), folder: true);
-        string tePath = Require(Path.Combine(dir, "text_encoder"), folder: true);
-        string tokPath = Require(Path.Combine(dir, "tokenizer"), folder: true);
+        string vaePath = layout == Flux2Layout.Bfl ? Checkpoint.Require(Path.Combine(dir, AeFile), folder: false) : Checkpoint.Require(Path.Combine(dir, "vae"), folder: true);
+        string tePath = Checkpoint.Require(Path.Combine(dir, "text_encoder"), folder: true);
+        string tokPath = Checkpoint.Require(Path.Combine(dir, "tokenizer"), folder: true);
 
         Flux2Transformer? transformer = null;
         Flux2Autoencoder? vae = null;
@@ -183,12 +183,6 @@ public static class Flux2ModelFolder
     }
 
     static string Rel(string dir, string path) => Path.GetRelativePath(dir, path);
-
-    static string Require(string path, bool folder)
-    {
-        if (folder ? Directory.Exists(path) : File.Exists(path)) return path;
-        throw new FileNotFoundException($"model folder is missing {(folder ? "the folder" : "the file")} {path}", path);
-    }
 }
 
 /// <summary>A loaded FLUX.2 model: every component, the card it was matched to, and what was loaded.</summary>

@@ -70,4 +70,11 @@ public static class Checkpoint
         catch (System.Text.Json.JsonException) { }
         return [];
     }
+
+    /// <summary><paramref name="path"/> when the file (or folder) exists; else a <see cref="FileNotFoundException"/> naming what the model folder lacks.</summary>
+    public static string Require(string path, bool folder)
+    {
+        if (folder ? Directory.Exists(path) : File.Exists(path)) return path;
+        throw new FileNotFoundException($"model folder is missing {(folder ? "the folder" : "the file")} {path}", path);
+    }
 }

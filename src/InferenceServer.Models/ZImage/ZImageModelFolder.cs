@@ -56,9 +56,9 @@ public static class ZImageModelFolder
         var dtype = options.DType;
         var card = ZImageModelCard.Load(ModelCards.MarkedCard(dir) ?? DefaultCard);
         string tPath = TransformerPath(dir);
-        string vaePath = Directory.Exists(Path.Combine(dir, "vae")) ? Path.Combine(dir, "vae") : Require(Path.Combine(dir, AeFile), folder: false);
-        string tePath = Require(Path.Combine(dir, "text_encoder"), folder: true);
-        string tokPath = Require(Path.Combine(dir, "tokenizer"), folder: true);
+        string vaePath = Directory.Exists(Path.Combine(dir, "vae")) ? Path.Combine(dir, "vae") : Checkpoint.Require(Path.Combine(dir, AeFile), folder: false);
+        string tePath = Checkpoint.Require(Path.Combine(dir, "text_encoder"), folder: true);
+        string tokPath = Checkpoint.Require(Path.Combine(dir, "tokenizer"), folder: true);
         var report = new List<string>();
 
         ZImageTransformer? transformer = null;
@@ -110,12 +110,6 @@ public static class ZImageModelFolder
             (encoderLease ?? encoder)?.Dispose();
             throw;
         }
-    }
-
-    static string Require(string path, bool folder)
-    {
-        if (folder ? Directory.Exists(path) : File.Exists(path)) return path;
-        throw new FileNotFoundException($"model folder is missing {(folder ? "the folder" : "the file")} {path}", path);
     }
 }
 

@@ -73,6 +73,7 @@ public static class ImageRequestReader
         var files = form.Files.Where(f => f.Name is "image" or "image[]").ToList();
         // Text parts named image are base64 / data: URLs (curl -F "image=data:image/png;base64,...").
         var texts = form.Where(kv => kv.Key is "image" or "image[]").SelectMany(kv => kv.Value).Where(v => !string.IsNullOrEmpty(v)).ToList();
+        // Checked here as well as in the pipeline's Prepare: it stops the body read before too many files are buffered.
         if (files.Count + texts.Count > options.Limits.MaxReferences)
             throw ServiceException.Invalid("image", $"image: {files.Count + texts.Count} reference images given, at most {options.Limits.MaxReferences} are allowed");
         var references = texts.Select((t, i) => DecodeImageString(t!, files.Count + i)).ToList();
@@ -103,9 +104,7 @@ public static class ImageRequestReader
         var format = ImageFormat.Png;
         if (fields.String("output_format") is { Length: > 0 } f && !ImageFormats.TryParse(f, out format))
             throw ServiceException.Invalid("output_format", $"output_format '{f}': use one of {ImageFormats.Accepted}");
-        int? quality = fields.Int("output_compression");
-        if (quality is < 0 or > 100)
-            throw ServiceException.Invalid("output_compression", $"output_compression: {quality}, 0 to 100 are allowed");
+        int? quality = fields.Int("output_compression");                 // range checked once, by the pipeline
         long? seed = fields.Long("seed");
         if (seed == -1) seed = null;   // Seedream: -1 = random
         if (seed is < 0 or > MaxSeed) throw ServiceException.Invalid("seed", $"seed: {seed}, use 0 to {MaxSeed} (or -1 for a random seed)");
