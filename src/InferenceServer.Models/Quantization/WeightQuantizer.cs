@@ -166,13 +166,20 @@ public static class WeightQuantizer
 
     static void Replace(Module parent, string name, Module old, Module replacement)
     {
+        // A list entry (e.g. diffusers' to_out.0): swap the element and its registration.
+        if (parent is ModuleList<Module<Tensor, Tensor>> list && int.TryParse(name, out int index) && replacement is Module<Tensor, Tensor> entry)
+        {
+            list[index] = entry;
+            parent.register_module(name, null!);
+            parent.register_module(name, replacement);
+            return;
+        }
         FieldInfo? field = null;
         for (var t = parent.GetType(); t is not null && field is null; t = t.BaseType)
             field = t.GetFields(BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public | BindingFlags.DeclaredOnly)
                 .FirstOrDefault(f => ReferenceEquals(f.GetValue(parent), old));
         if (field is null)
         {
-            // A container (ModuleList / Sequential) holds its children in a list, not a field: swapping there is not needed here.
             throw new NotSupportedException($"{parent.GetName()}.{name}: the layer is not held in a field");
         }
         if (!field.FieldType.IsAssignableFrom(replacement.GetType()))

@@ -19,6 +19,15 @@ public static class ZImageCheckpoint
     public const string SingleFilePrefix = "model.diffusion_model.";
 
     /// <summary>
+    /// The linears 8-bit weights cover: every block's attention (q, k, v, out) and SwiGLU projections, about 98% of the
+    /// weights; the embedders, adaLN projections and final layer stay in the model dtype (as FLUX.2's FP8 release keeps them).
+    /// </summary>
+    public static bool QuantizedLinear(string modulePath) =>
+        modulePath.EndsWith(".attention.to_q", StringComparison.Ordinal) || modulePath.EndsWith(".attention.to_k", StringComparison.Ordinal)
+        || modulePath.EndsWith(".attention.to_v", StringComparison.Ordinal) || modulePath.EndsWith(".attention.to_out.0", StringComparison.Ordinal)
+        || modulePath.Contains(".feed_forward.w", StringComparison.Ordinal);
+
+    /// <summary>
     /// True when the tensor names are a Z-Image transformer in either naming: the key diffusers' single-file loader looks
     /// for (<c>layers.0.adaLN_modulation.0.weight</c>, which FLUX checkpoints lack) plus the Z-Image-only caption embedder
     /// (<c>cap_embedder.1.weight</c>) and a learned pad token; the prefix is allowed.

@@ -10,7 +10,7 @@ namespace InferenceServer.Models.ZImage;
 // Building blocks of the Z-Image transformer. Field names (and [ComponentName]s where the checkpoint key is not a C#
 // identifier: "0", "2-1") are the official/diffusers state-dict keys; fields are declared in the official module order so
 // named_parameters() lists them as the released checkpoint does. Linear fields are typed Module<Tensor, Tensor> (as in
-// Flux2Layers) so weight quantization (WeightQuantizer.Swap) can replace them; to_out.0 sits in a ModuleList and cannot be.
+// Flux2Layers) so weight quantization (WeightQuantizer.Swap) can replace them (to_out.0 inside its ModuleList too).
 
 /// <summary>Official <c>RMSNorm</c> with a learned <c>weight</c>: <c>(x.float() * rsqrt(mean(x^2) + eps)).type_as(x) * weight</c>.</summary>
 public sealed class ZImageRMSNorm : Module<Tensor, Tensor>

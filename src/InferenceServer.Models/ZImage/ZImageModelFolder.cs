@@ -77,10 +77,7 @@ public static class ZImageModelFolder
                 report.Add($"folder {dir}: family zimage ({(ZImageCheckpoint.IsSingleFile(source.Entries.Select(e => e.Name)) ? "single-file" : "diffusers")} transformer), model card {card.Name}, dtype {dtype}, device {device}");
                 if (options.Quantization != WeightQuantization.None)
                 {
-                    // Attention q/k/v and the SwiGLU projections: the bulk of the weights (to_out sits in a ModuleList and stays as stored).
-                    var swapped = WeightQuantizer.QuantizeInPlace(transformer, WeightQuantizer.FormatOf(options.Quantization),
-                        p => p.EndsWith(".to_q", StringComparison.Ordinal) || p.EndsWith(".to_k", StringComparison.Ordinal) || p.EndsWith(".to_v", StringComparison.Ordinal)
-                            || p.Contains(".feed_forward.w", StringComparison.Ordinal));
+                    var swapped = WeightQuantizer.QuantizeInPlace(transformer, WeightQuantizer.FormatOf(options.Quantization), ZImageCheckpoint.QuantizedLinear);
                     report.Add($"quantized {swapped.Count} transformer linears to {options.Quantization.ToString().ToLowerInvariant()}");
                 }
                 report.Add($"transformer {Path.GetRelativePath(dir, tPath)}: {r.Loaded} tensors, {tc.NLayers} layers, dim {tc.Dim}; weights {WeightQuantizer.Describe(transformer)}");
