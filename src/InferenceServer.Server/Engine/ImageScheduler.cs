@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using InferenceServer.Pipeline.Generation;
-using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Hosting;
 using InferenceServer.Server.Observability;
 using Microsoft.Extensions.Hosting;
@@ -17,13 +16,15 @@ namespace InferenceServer.Server.Engine;
 /// budget, waits at most <see cref="QueueOptions.GatherWindow"/> for more, and runs them as one batch. The oldest job
 /// always runs next, so a job is overtaken only by batch-mates of jobs ahead of it: no starvation across sizes.
 /// Seeds are per image, so batching does not change images. A job cancelled while queued leaves the queue at once; while
-/// running, the pipeline drops it between steps.
+/// running, the pipeline drops it between steps. Which jobs form a batch is <see cref="BatchPolicy"/> (pure); running one
+/// and completing its jobs is <see cref="BatchRunner"/>; loading the models is <see cref="ServedModel.LoadAll"/>.
 /// </summary>
 public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposable
 {
     readonly ServerOptions options;
     readonly ILogger<ImageScheduler> log;
     readonly ServerMetrics metrics;
+    readonly BatchRunner runner;
     readonly Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>> loadModels;
     readonly LinkedList<Job> queue = new();
     readonly object gate = new();
@@ -43,6 +44,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         this.log = log;
         this.metrics = metrics;
         this.loadModels = loadModels ?? DefaultLoad;
+        runner = new BatchRunner(log, metrics, this.options.Queue.RetryAfter);
     }
 
     public IReadOnlyList<ModelDescriptor> Models => models.Select(m => m.Describe()).ToList();
@@ -127,7 +129,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
             if (running > 0) arrivedDuringBatch++;
             position = queue.Count - 1 + running;
             metrics.QueueDepth(queue.Count);
-            SafeEvent(job, new JobEvent.Queued(position));   // under the lock: always before the engine's first progress event
+            runner.SafeEvent(job, new JobEvent.Queued(position));   // under the lock: always before the engine's first progress event
             Monitor.PulseAll(gate);
         }
         using var registration = linked.Token.Register(() => CancelQueued(job));
@@ -238,7 +240,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                 arrivedDuringBatch = 0;
                 metrics.QueueDepth(queue.Count);
             }
-            try { RunBatch(batch); }
+            try { if (runner.Run(batch)) Interlocked.Increment(ref batchesRun); }
             finally { lock (gate) { running = 0; Monitor.PulseAll(gate); } }
         }
         log.LogInformation("engine stopped");
@@ -257,67 +259,6 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     static BatchCandidate Candidate(Job j) =>
         new(j.Model, j.Prepared.Key, j.Prepared.Count, j.Prepared.Count * j.Model.Pipeline.Backend.Geometry.Tokens(j.Prepared.Width, j.Prepared.Height));
 
-    void RunBatch(List<Job> batch)
-    {
-        var live = batch.Where(j => !j.Token.IsCancellationRequested).ToList();
-        foreach (var j in batch.Except(live)) j.Completion.TrySetCanceled(j.Token);
-        if (live.Count == 0) return;
-        var model = live[0].Model;
-        int images = live.Sum(j => j.Prepared.Count);
-        Interlocked.Increment(ref batchesRun);
-        metrics.Batch(live.Count, images);
-        var started = Stopwatch.StartNew();
-        foreach (var j in live) j.QueueMilliseconds = j.Admitted.Elapsed.TotalMilliseconds;
-        var entries = live.Select(j => new BatchEntry(j.Prepared, j.Token, j.Request.PreviewEvery)).ToList();
-        IReadOnlyList<BatchOutcome> outcomes;
-        try
-        {
-            outcomes = model.Pipeline.GenerateBatch(entries, p => SafeEvent(live[p.Entry], new JobEvent.Progress(p.Step + 1, p.Steps, p.Preview?.Bytes)));
-        }
-        catch (Exception e)
-        {
-            outcomes = live.Select(_ => new BatchOutcome(null, e)).ToList();
-        }
-        log.LogInformation("batch of {Requests} requests / {Images} images ({Width}x{Height}, {Steps} steps) in {Ms:0} ms: {Ids}",
-            live.Count, images, live[0].Prepared.Width, live[0].Prepared.Height, live[0].Prepared.Steps, started.Elapsed.TotalMilliseconds,
-            string.Join(",", live.Select(j => j.Request.RequestId)));
-        for (int i = 0; i < live.Count; i++)
-        {
-            var job = live[i];
-            var o = outcomes[i];
-            if (o.Result is { } r)
-            {
-                metrics.Completed(job.Request.Origin, r, job.QueueMilliseconds);
-                job.Completion.TrySetResult(new JobResult(r, model.Name, job.Request.RequestId, job.QueueMilliseconds,
-                    job.Admitted.Elapsed.TotalMilliseconds, live.Count, images));
-            }
-            else if (o.Error is OperationCanceledException) job.Completion.TrySetCanceled(job.Token);
-            else if (o.Error is RequestException re) job.Completion.TrySetException(ServiceException.FromRequest(re));
-            else if (o.Error is ImageDecodeException de) job.Completion.TrySetException(new ServiceException(ErrorKind.InvalidArgument, $"image: {de.Message}", "image", inner: de));
-            else if (IsOutOfMemory(o.Error))
-            {
-                log.LogWarning(o.Error, "request {Id}: out of device memory", job.Request.RequestId);
-                job.Completion.TrySetException(new ServiceException(ErrorKind.ResourceExhausted,
-                    "the device ran out of memory for this request; retry with a smaller size or n", retryAfter: options.Queue.RetryAfter, inner: o.Error));
-            }
-            else
-            {
-                log.LogError(o.Error, "request {Id} failed", job.Request.RequestId);
-                job.Completion.TrySetException(new ServiceException(ErrorKind.Internal, $"generation failed (request {job.Request.RequestId}): {o.Error?.Message}", inner: o.Error));
-            }
-        }
-        if (outcomes.Any(o => IsOutOfMemory(o.Error))) GC.Collect();
-    }
-
-    static bool IsOutOfMemory(Exception? e) =>
-        e is OutOfMemoryException || (e?.Message.Contains("out of memory", StringComparison.OrdinalIgnoreCase) ?? false);
-
-    void SafeEvent(Job job, JobEvent e)
-    {
-        try { job.OnEvent?.Invoke(e); }
-        catch (Exception ex) { log.LogWarning(ex, "request {Id}: event handler failed", job.Request.RequestId); }
-    }
-
     public void Dispose()
     {
         if (Interlocked.Exchange(ref disposed, 1) == 1) return;     // registered under three service types
@@ -326,18 +267,5 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         engine?.Join(TimeSpan.FromSeconds(30));
         foreach (var m in models) m.Dispose();
         stopping.Dispose();
-    }
-
-    sealed class Job(ImageJobRequest request, ServedModel model, PreparedRequest prepared, CancellationToken token, Action<JobEvent>? onEvent, Stopwatch admitted)
-    {
-        public ImageJobRequest Request { get; } = request;
-        public ServedModel Model { get; } = model;
-        public PreparedRequest Prepared { get; } = prepared;
-        public CancellationToken Token { get; } = token;
-        public Action<JobEvent>? OnEvent { get; } = onEvent;
-        public Stopwatch Admitted { get; } = admitted;
-        public LinkedListNode<Job>? Node { get; set; }
-        public double QueueMilliseconds { get; set; }
-        public TaskCompletionSource<JobResult> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 }
