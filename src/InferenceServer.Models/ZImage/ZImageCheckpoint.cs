@@ -1,3 +1,4 @@
+using InferenceServer.Models.Quantization;
 using InferenceServer.Models.Weights;
 using static TorchSharp.torch;
 
@@ -22,7 +23,7 @@ public static class ZImageCheckpoint
     /// The linears 8-bit weights cover: every block's attention (q, k, v, out) and SwiGLU projections, about 98% of the
     /// weights; the embedders, adaLN projections and final layer stay in the model dtype (as FLUX.2's FP8 release keeps them).
     /// </summary>
-    public static bool QuantizedLinear(string modulePath) =>
+    public static bool QuantizesLayer(string modulePath) =>
         modulePath.EndsWith(".attention.to_q", StringComparison.Ordinal) || modulePath.EndsWith(".attention.to_k", StringComparison.Ordinal)
         || modulePath.EndsWith(".attention.to_v", StringComparison.Ordinal) || modulePath.EndsWith(".attention.to_out.0", StringComparison.Ordinal)
         || modulePath.Contains(".feed_forward.w", StringComparison.Ordinal);
@@ -90,6 +91,25 @@ public static class ZImageCheckpoint
     /// Loads <paramref name="source"/> (either naming) into <paramref name="model"/>. Strict by default: any missing, unexpected or
     /// mis-shaped tensor throws an <see cref="InvalidDataException"/> naming them (under their diffusers names) before anything is copied.
     /// </summary>
+    /// <summary>
+    /// Loads <paramref name="source"/> with 8-bit block linears, the way FLUX.2 does (<see cref="Flux2.Flux2Checkpoint"/>): a checkpoint
+    /// that already holds 8-bit weights keeps them; a float one is quantized tensor by tensor while it is read
+    /// (<see cref="QuantizedCheckpoint"/> over <see cref="QuantizesLayer"/>). The chosen Linears become <see cref="Quantization.QuantizedLinear"/> first.
+    /// </summary>
+    public static LoadReport Load(ZImageTransformer model, ITensorSource source, WeightQuantization quantization, bool strict = true, ScalarType? dtype = null)
+    {
+        using var view = IsSingleFile(source.Entries.Select(e => e.Name)) ? new DiffusersView(source, ownsInner: false) : null;
+        ITensorSource named = view ?? source;
+        if (quantization == WeightQuantization.None && !QuantizedCheckpoint.Holds8BitWeights(named)) return Load(model, source, strict, dtype);
+        var q = new QuantizedCheckpoint(named, quantization, QuantizesLayer);   // not disposed: it would dispose the caller's source
+        WeightQuantizer.Swap(model, q.Layers.ContainsKey, (path, linear) =>
+        {
+            var spec = q.Layers[path];
+            return new Quantization.QuantizedLinear(spec.WeightShape[1], spec.WeightShape[0], spec.Format, spec.ScaleShape, linear.weight!.device);
+        });
+        return StateDict.Load(model, q, strict, dtype: dtype);
+    }
+
     public static LoadReport Load(ZImageTransformer model, ITensorSource source, bool strict = true, ScalarType? dtype = null)
     {
         if (!IsSingleFile(source.Entries.Select(e => e.Name))) return StateDict.Load(model, source, strict, dtype: dtype);

@@ -73,13 +73,8 @@ public static class ZImageModelFolder
                 var tc = File.Exists(config) ? ZImageConfig.FromDiffusersConfig(config)
                     : ModelCards.MarkedCard(dir) is not null ? card.Transformer : ZImageConfig.FromTensors(source);
                 transformer = new ZImageTransformer(tc, device, dtype);
-                var r = ZImageCheckpoint.Load(transformer, source, strict: true, dtype: dtype);
+                var r = ZImageCheckpoint.Load(transformer, source, options.Quantization, strict: true, dtype: dtype);
                 report.Add($"folder {dir}: family zimage ({(ZImageCheckpoint.IsSingleFile(source.Entries.Select(e => e.Name)) ? "single-file" : "diffusers")} transformer), model card {card.Name}, dtype {dtype}, device {device}");
-                if (options.Quantization != WeightQuantization.None)
-                {
-                    var swapped = WeightQuantizer.QuantizeInPlace(transformer, WeightQuantizer.FormatOf(options.Quantization), ZImageCheckpoint.QuantizedLinear);
-                    report.Add($"quantized {swapped.Count} transformer linears to {options.Quantization.ToString().ToLowerInvariant()}");
-                }
                 report.Add($"transformer {Path.GetRelativePath(dir, tPath)}: {r.Loaded} tensors, {tc.NLayers} layers, dim {tc.Dim}; weights {WeightQuantizer.Describe(transformer)}");
             }
 

@@ -32,7 +32,7 @@ public class ZImageQuantizationTests(ITestOutputHelper output)
         foreach (var mode in new[] { "int8", "fp8" })
         {
             using var model = c.LoadModel(ScalarType.BFloat16);
-            var swapped = WeightQuantizer.QuantizeInPlace(model, WeightQuantizer.FormatOf(WeightQuantizer.Parse(mode)), ZImageCheckpoint.QuantizedLinear);
+            var swapped = WeightQuantizer.QuantizeInPlace(model, WeightQuantizer.FormatOf(WeightQuantizer.Parse(mode)), ZImageCheckpoint.QuantizesLayer);
             Assert.Equal(blockLinears, swapped.Count);
             Assert.Contains(swapped, p => p.EndsWith(".attention.to_out.0", StringComparison.Ordinal));
             Assert.Equal(blockLinears, WeightQuantizer.QuantizedLayers(model).Count());
@@ -41,5 +41,33 @@ public class ZImageQuantizationTests(ITestOutputHelper output)
             output.WriteLine($"{caseName} {mode}: {swapped.Count} linears, cosine to bf16 {cosine:F5}, max |diff| {TensorAssert.MaxAbsDiff(actual, expected):G3}");
             Assert.True(cosine >= (mode == "int8" ? 0.999 : 0.99), $"{mode}: cosine {cosine}");
         }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_folder_loaded_with_int8_quantizes_while_reading_in_either_layout(bool singleFile)
+    {
+        string dir = Directory.CreateTempSubdirectory("zimage-int8-").FullName;
+        try
+        {
+            ZImageRandomModel.Write(ZImageModelCard.Load("zimage-tiny"), dir, ScalarType.BFloat16, seed: 2, singleFile);
+            using var plain = ZImageModelFolder.Load(dir, new Models.ModelLoadOptions(ScalarType.BFloat16));
+            using var int8 = ZImageModelFolder.Load(dir, new Models.ModelLoadOptions(ScalarType.BFloat16, WeightQuantization.Int8));
+            var cfg = int8.Transformer.Config;
+            Assert.Equal((cfg.NLayers + 2 * cfg.NRefinerLayers) * 7, WeightQuantizer.QuantizedLayers(int8.Transformer).Count());
+            Assert.Empty(WeightQuantizer.QuantizedLayers(plain.Transformer));
+            using var scope = NewDisposeScope();
+            using var gen = new Generator(7);
+            var x = randn([1, 16, cfg.PatchDim], generator: gen).to(ScalarType.BFloat16);
+            var caption = randn([20, cfg.CapFeatDim], generator: gen).to(ScalarType.BFloat16);
+            var t = tensor(new[] { 0.4f });
+            var a = plain.Transformer.Forward(x, 4, 4, t, [caption]).to(ScalarType.Float32).flatten();
+            var b = int8.Transformer.Forward(x, 4, 4, t, [caption]).to(ScalarType.Float32).flatten();
+            double cosine = (a * b).sum().item<float>() / (a.norm().item<float>() * b.norm().item<float>());
+            output.WriteLine($"{(singleFile ? "single-file" : "diffusers")} int8 vs bf16 load: cosine {cosine:F5}");
+            Assert.True(cosine >= 0.999, $"cosine {cosine}");
+        }
+        finally { Directory.Delete(dir, recursive: true); }
     }
 }
