@@ -12,12 +12,6 @@ namespace InferenceServer.Pipeline.Flux2;
 /// </summary>
 public static class FlowSampler
 {
-    /// <summary>
-    /// For benchmarks: while the returned scope is open, each step ends with a device synchronisation before the step
-    /// callback, so wall-clock step timings measure the step (<see cref="ComputeDevice.SynchronizedTiming"/>).
-    /// </summary>
-    public static IDisposable SynchronizeEachStep() => ComputeDevice.SynchronizedTiming();
-
     /// <summary>Guidance-distilled sampling (klein): one model call per step.</summary>
     /// <param name="img">[B, L_img, C] initial noise tokens (not modified, not disposed).</param>
     /// <param name="imgIds">[B, L_img, 4]</param>

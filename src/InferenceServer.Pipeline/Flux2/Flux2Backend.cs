@@ -28,7 +28,6 @@ public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFam
     public bool AcceptsReferences => true;
     public PixelRounding Rounding => PixelRounding.Truncate;
     public bool UsesGuidance => Model.Card.Transformer.UseGuidanceEmbed || !Model.Card.Sampling.Distilled;
-    public TorchSharp.torch.nn.Module Transformer => Model.Transformer;
 
     /// <summary>The stacked Qwen3 hidden states [1, L, context dim] in the encoder's dtype.</summary>
     public Tensor EncodePrompt(string prompt)

@@ -43,8 +43,6 @@ public interface IFamilyBackend : IDisposable
     bool UsesGuidance { get; }
     /// <summary>How decoded pixels in [-1, 1] become bytes (FLUX.2 truncates, diffusers-style models round half to even).</summary>
     Images.PixelRounding Rounding { get; }
-    /// <summary>The transformer (for weight quantization, FLOP counts and reports).</summary>
-    TorchSharp.torch.nn.Module Transformer { get; }
 
     /// <summary>The prompt's text features (family-specific shape, in the model dtype); cached by the pipeline by prompt.</summary>
     Tensor EncodePrompt(string prompt);

@@ -27,7 +27,6 @@ public sealed class ZImageBackend(ZImageModel model) : IFamilyBackend
     public bool AcceptsReferences => false;
     public bool UsesGuidance => true;
     public PixelRounding Rounding => PixelRounding.HalfToEven;
-    public TorchSharp.torch.nn.Module Transformer => Model.Transformer;
 
     /// <summary>[L, hidden] features of the prompt's real tokens (L &lt;= 512).</summary>
     public Tensor EncodePrompt(string prompt) =>
