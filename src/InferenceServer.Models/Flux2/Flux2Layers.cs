@@ -1,3 +1,4 @@
+using InferenceServer.Models.Quantization;
 using TorchSharp;
 using TorchSharp.Modules;
 using TorchSharp.Utils;
@@ -8,8 +9,8 @@ namespace InferenceServer.Models.Flux2;
 
 // Building blocks of the FLUX.2 transformer. Field names are the BFL checkpoint keys (RegisterComponents turns
 // them into `img_attn.qkv.weight`, `norm.query_norm.scale`, ...); LayerNorms without affine have no parameters
-// and are applied functionally. Every Linear field is typed Module<Tensor, Tensor> so that weight quantization can swap
-// it for a QuantizedLinear of the same name (WeightQuantizer.Swap).
+// and are applied functionally. Every Linear field is typed Module<Tensor, Tensor> and its holder implements ILinearHost,
+// so weight quantization (WeightQuantizer.Swap) can put a QuantizedLinear of the same name in its place.
 
 /// <summary>RMSNorm over the last dimension with a learned <c>scale</c>; statistics in float32 whatever the input dtype.</summary>
 public sealed class RMSNorm : Module<Tensor, Tensor>
@@ -51,11 +52,11 @@ public sealed class QKNorm : Module
 }
 
 /// <summary>The attention projections of one stream of a double block: fused <c>qkv</c>, QK <c>norm</c>, output <c>proj</c>.</summary>
-public sealed class SelfAttention : Module
+public sealed class SelfAttention : Module, ILinearHost
 {
-    internal readonly Module<Tensor, Tensor> qkv;  // [3*hidden, hidden], rows [q | k | v], each (heads, head_dim)
+    internal Module<Tensor, Tensor> qkv;  // [3*hidden, hidden], rows [q | k | v], each (heads, head_dim)
     internal readonly QKNorm norm;
-    internal readonly Module<Tensor, Tensor> proj; // [hidden, hidden]
+    internal Module<Tensor, Tensor> proj; // [hidden, hidden]
 
     public SelfAttention(long hidden, long heads, double eps, Device? device = null, ScalarType? dtype = null) : base(nameof(SelfAttention))
     {
@@ -64,13 +65,23 @@ public sealed class SelfAttention : Module
         proj = Linear(hidden, hidden, hasBias: false, device: device, dtype: dtype);
         RegisterComponents();
     }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "qkv": qkv = layer; break;
+            case "proj": proj = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
+    }
 }
 
 /// <summary>SwiGLU MLP as BFL's <c>Sequential(Linear, SiLUActivation, Linear)</c>: keys <c>0.weight</c>, <c>2.weight</c>.</summary>
-public sealed class SwiGluMlp : Module<Tensor, Tensor>
+public sealed class SwiGluMlp : Module<Tensor, Tensor>, ILinearHost
 {
-    [ComponentName(Name = "0")] readonly Module<Tensor, Tensor> linear_in;  // [2*mlp_hidden, hidden], rows [gate | up]
-    [ComponentName(Name = "2")] readonly Module<Tensor, Tensor> linear_out; // [hidden, mlp_hidden]
+    [ComponentName(Name = "0")] Module<Tensor, Tensor> linear_in;  // [2*mlp_hidden, hidden], rows [gate | up]
+    [ComponentName(Name = "2")] Module<Tensor, Tensor> linear_out; // [hidden, mlp_hidden]
 
     public SwiGluMlp(long hidden, long mlpHidden, Device? device = null, ScalarType? dtype = null) : base(nameof(SwiGluMlp))
     {
@@ -84,13 +95,23 @@ public sealed class SwiGluMlp : Module<Tensor, Tensor>
         using var s = NewDisposeScope();
         return linear_out.forward(Flux2Math.SwiGlu(linear_in.forward(x))).MoveToOuterDisposeScope();
     }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "0": linear_in = layer; break;
+            case "2": linear_out = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
+    }
 }
 
 /// <summary>BFL <c>MLPEmbedder</c>: <c>out_layer(silu(in_layer(x)))</c>.</summary>
-public sealed class MLPEmbedder : Module<Tensor, Tensor>
+public sealed class MLPEmbedder : Module<Tensor, Tensor>, ILinearHost
 {
-    readonly Module<Tensor, Tensor> in_layer;  // [hidden, in]
-    readonly Module<Tensor, Tensor> out_layer; // [hidden, hidden]
+    Module<Tensor, Tensor> in_layer;  // [hidden, in]
+    Module<Tensor, Tensor> out_layer; // [hidden, hidden]
 
     public MLPEmbedder(long inDim, long hidden, Device? device = null, ScalarType? dtype = null) : base(nameof(MLPEmbedder))
     {
@@ -104,12 +125,22 @@ public sealed class MLPEmbedder : Module<Tensor, Tensor>
         using var h = functional.silu(in_layer.forward(x));
         return out_layer.forward(h);
     }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "in_layer": in_layer = layer; break;
+            case "out_layer": out_layer = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
+    }
 }
 
 /// <summary>Shared modulation: <c>lin(silu(vec))</c> split into <c>multiplier</c> chunks of [B, 1, hidden].</summary>
-public sealed class Modulation : Module
+public sealed class Modulation : Module, ILinearHost
 {
-    readonly Module<Tensor, Tensor> lin; // [multiplier*hidden, hidden]
+    Module<Tensor, Tensor> lin; // [multiplier*hidden, hidden]
     readonly int multiplier;
 
     public Modulation(long hidden, int multiplier, Device? device = null, ScalarType? dtype = null) : base(nameof(Modulation))
@@ -128,6 +159,15 @@ public sealed class Modulation : Module
 
     /// <summary>Chunks of the projection, each [B, 1, hidden]: (shift, scale, gate) x multiplier/3.</summary>
     public Tensor[] Chunks(Tensor projected) => projected.unsqueeze(1).chunk(multiplier, -1);
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "lin": lin = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
+    }
 }
 
 /// <summary>BFL <c>DoubleStreamBlock</c>: separate image/text weights, joint attention over [txt, img].</summary>
@@ -176,10 +216,10 @@ public sealed class DoubleStreamBlock : Module
 }
 
 /// <summary>BFL <c>SingleStreamBlock</c>: one fused <c>linear1</c> (qkv + SwiGLU gate/up), <c>linear2</c> on cat(attn, mlp).</summary>
-public sealed class SingleStreamBlock : Module
+public sealed class SingleStreamBlock : Module, ILinearHost
 {
-    readonly Module<Tensor, Tensor> linear1; // [3*hidden + 2*mlp_hidden, hidden], rows [q | k | v | gate | up]
-    readonly Module<Tensor, Tensor> linear2; // [hidden, hidden + mlp_hidden]
+    Module<Tensor, Tensor> linear1; // [3*hidden + 2*mlp_hidden, hidden], rows [q | k | v | gate | up]
+    Module<Tensor, Tensor> linear2; // [hidden, hidden + mlp_hidden]
     readonly QKNorm norm;
     readonly long hidden, heads;
     readonly double lnEps;
@@ -206,12 +246,22 @@ public sealed class SingleStreamBlock : Module
         var mlp = Flux2Math.SwiGlu(h[.., .., (int)(3 * hidden)..]);             // [B, L, mlp]
         return (x + mod[2] * linear2.forward(cat([attn, mlp], 2))).MoveToOuterDisposeScope();
     }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "linear1": linear1 = layer; break;
+            case "linear2": linear2 = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
+    }
 }
 
 /// <summary>Holds BFL's <c>adaLN_modulation = Sequential(SiLU, Linear)</c> so the linear's key is <c>adaLN_modulation.1.weight</c>.</summary>
-public sealed class AdaLNModulation : Module<Tensor, Tensor>
+public sealed class AdaLNModulation : Module<Tensor, Tensor>, ILinearHost
 {
-    [ComponentName(Name = "1")] readonly Module<Tensor, Tensor> linear; // [2*hidden, hidden], rows [shift | scale]
+    [ComponentName(Name = "1")] Module<Tensor, Tensor> linear; // [2*hidden, hidden], rows [shift | scale]
 
     public AdaLNModulation(long hidden, Device? device = null, ScalarType? dtype = null) : base(nameof(AdaLNModulation))
     {
@@ -224,12 +274,21 @@ public sealed class AdaLNModulation : Module<Tensor, Tensor>
         using var h = functional.silu(vec);
         return linear.forward(h);
     }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "1": linear = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
+    }
 }
 
 /// <summary>BFL <c>LastLayer</c>: adaLN (shift, scale) from silu(vec), LayerNorm, <c>linear</c> to the output channels.</summary>
-public sealed class LastLayer : Module
+public sealed class LastLayer : Module, ILinearHost
 {
-    readonly Module<Tensor, Tensor> linear; // [out, hidden]
+    Module<Tensor, Tensor> linear; // [out, hidden]
     readonly AdaLNModulation adaLN_modulation;
     readonly double lnEps;
 
@@ -248,6 +307,15 @@ public sealed class LastLayer : Module
         using var s = NewDisposeScope();
         var mod = Flux2Math.RowWise(vec, adaLN_modulation.forward).unsqueeze(1).chunk(2, -1); // shift, scale: [B, 1, hidden]
         return linear.forward(Flux2Math.Modulate(x, mod[0], mod[1], lnEps)).MoveToOuterDisposeScope();
+    }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "linear": linear = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
     }
 }
 

@@ -1,3 +1,4 @@
+using InferenceServer.Models.Quantization;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -13,12 +14,12 @@ namespace InferenceServer.Models.Flux2;
 /// embedding, the RoPE tables (angles in float64) and the RoPE rotation, and the RMSNorm statistics are computed
 /// in float32 and cast back; timesteps stay float32 (BFL rounds them to the model dtype first).</para>
 /// </summary>
-public sealed class Flux2Transformer : Module
+public sealed class Flux2Transformer : Module, ILinearHost
 {
-    readonly Module<Tensor, Tensor> img_in;                         // [hidden, in_channels]
+    Module<Tensor, Tensor> img_in;                         // [hidden, in_channels]
     readonly MLPEmbedder time_in;
     readonly MLPEmbedder? guidance_in;                // only when use_guidance_embed
-    readonly Module<Tensor, Tensor> txt_in;                         // [hidden, context_in_dim]
+    Module<Tensor, Tensor> txt_in;                         // [hidden, context_in_dim]
     readonly ModuleList<DoubleStreamBlock> double_blocks;
     readonly ModuleList<SingleStreamBlock> single_blocks;
     readonly Modulation double_stream_modulation_img; // lin: [6*hidden, hidden]
@@ -180,5 +181,15 @@ public sealed class Flux2Transformer : Module
             p.copy_(r);
         }
         return this;
+    }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "img_in": img_in = layer; break;
+            case "txt_in": txt_in = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
     }
 }

@@ -1,5 +1,3 @@
-using BindingFlags = System.Reflection.BindingFlags;
-using FieldInfo = System.Reflection.FieldInfo;
 using InferenceServer.Models.Weights;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -134,7 +132,7 @@ public static class WeightQuantizer
     /// Replaces every <see cref="Linear"/> (no bias) under <paramref name="root"/> whose path <paramref name="select"/>
     /// accepts by a <see cref="QuantizedLinear"/> made by <paramref name="make"/> (given the path and the old layer), under
     /// the same name, so state-dict keys become <c>path.weight</c> + <c>path.weight_scale</c>. The old layer is disposed.
-    /// The owning field must be typed <c>Module&lt;Tensor, Tensor&gt;</c>. Returns the paths replaced.
+    /// The owner takes it through <see cref="ILinearHost"/> (or is a ModuleList). Returns the paths replaced.
     /// </summary>
     public static IReadOnlyList<string> Swap(Module root, Func<string, bool> select, Func<string, Linear, QuantizedLinear> make)
     {
@@ -147,7 +145,7 @@ public static class WeightQuantizer
             var parent = dot < 0 ? root : Find(root, path[..dot]);
             string name = path[(dot + 1)..];
             var replacement = make(path, linear);
-            Replace(parent, name, linear, replacement);
+            Replace(parent, name, replacement);
             linear.Dispose();
             swapped.Add(path);
         }
@@ -164,29 +162,15 @@ public static class WeightQuantizer
         throw new KeyNotFoundException($"no module at '{path}'");
     }
 
-    static void Replace(Module parent, string name, Module old, Module replacement)
+    /// <summary>Puts <paramref name="replacement"/> where <paramref name="parent"/> holds child <paramref name="name"/>: a list entry by index, else through the parent's <see cref="ILinearHost"/>.</summary>
+    static void Replace(Module parent, string name, Module replacement)
     {
-        // A list entry (e.g. diffusers' to_out.0): swap the element and its registration.
-        if (parent is ModuleList<Module<Tensor, Tensor>> list && int.TryParse(name, out int index) && replacement is Module<Tensor, Tensor> entry)
-        {
-            list[index] = entry;
-            parent.register_module(name, null!);
-            parent.register_module(name, replacement);
-            return;
-        }
-        FieldInfo? field = null;
-        for (var t = parent.GetType(); t is not null && field is null; t = t.BaseType)
-            field = t.GetFields(BindingFlags.Instance | BindingFlags.NonPublic | BindingFlags.Public | BindingFlags.DeclaredOnly)
-                .FirstOrDefault(f => ReferenceEquals(f.GetValue(parent), old));
-        if (field is null)
-        {
-            throw new NotSupportedException($"{parent.GetName()}.{name}: the layer is not held in a field");
-        }
-        if (!field.FieldType.IsAssignableFrom(replacement.GetType()))
-            throw new NotSupportedException($"{parent.GetType().Name}.{field.Name} is typed {field.FieldType.Name}; type it Module<Tensor, Tensor> to allow quantization");
+        if (replacement is not Module<Tensor, Tensor> layer) throw new ArgumentException($"{replacement.GetType().Name} is not a Module<Tensor, Tensor>", nameof(replacement));
+        if (parent is ModuleList<Module<Tensor, Tensor>> list && int.TryParse(name, out int index)) list[index] = layer;
+        else if (parent is ILinearHost host) host.ReplaceLinear(name, layer);
+        else throw new NotSupportedException($"{parent.GetType().Name}.{name}: the module holding this linear does not implement ILinearHost, so it cannot be quantized");
         parent.register_module(name, null!); // unregister the old child
         parent.register_module(name, replacement);
-        field.SetValue(parent, replacement);
     }
 
     /// <summary>Every quantized layer under <paramref name="root"/> with its path.</summary>

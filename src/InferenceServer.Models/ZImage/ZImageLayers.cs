@@ -1,3 +1,4 @@
+using InferenceServer.Models.Quantization;
 using InferenceServer.Models.Flux2;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -9,8 +10,9 @@ namespace InferenceServer.Models.ZImage;
 
 // Building blocks of the Z-Image transformer. Field names (and [ComponentName]s where the checkpoint key is not a C#
 // identifier: "0", "2-1") are the official/diffusers state-dict keys; fields are declared in the official module order so
-// named_parameters() lists them as the released checkpoint does. Linear fields are typed Module<Tensor, Tensor> (as in
-// Flux2Layers) so weight quantization (WeightQuantizer.Swap) can replace them (to_out.0 inside its ModuleList too).
+// named_parameters() lists them as the released checkpoint does. Linear fields are typed Module<Tensor, Tensor> and the
+// attention and feed-forward implement ILinearHost (as in Flux2Layers), so weight quantization can replace them (to_out.0 by
+// its ModuleList index).
 
 /// <summary>Official <c>RMSNorm</c> with a learned <c>weight</c>: <c>(x.float() * rsqrt(mean(x^2) + eps)).type_as(x) * weight</c>.</summary>
 public sealed class ZImageRMSNorm : Module<Tensor, Tensor>
@@ -35,11 +37,11 @@ public sealed class ZImageRMSNorm : Module<Tensor, Tensor>
 }
 
 /// <summary>Self-attention: <c>to_q/to_k/to_v</c>, per-head QK RMSNorm, interleaved RoPE, <c>to_out.0</c>; no biases.</summary>
-public sealed class ZImageAttention : Module
+public sealed class ZImageAttention : Module, ILinearHost
 {
-    readonly Module<Tensor, Tensor> to_q;            // [dim, dim], output features head-major (heads, head_dim)
-    readonly Module<Tensor, Tensor> to_k;
-    readonly Module<Tensor, Tensor> to_v;
+    Module<Tensor, Tensor> to_q;            // [dim, dim], output features head-major (heads, head_dim)
+    Module<Tensor, Tensor> to_k;
+    Module<Tensor, Tensor> to_v;
     readonly ModuleList<Module<Tensor, Tensor>> to_out; // diffusers' [Linear, Dropout]: only "0" has weights
     readonly ZImageRMSNorm norm_q;                    // [head_dim]
     readonly ZImageRMSNorm norm_k;
@@ -70,14 +72,25 @@ public sealed class ZImageAttention : Module
         var o = functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask: mask); // [B, H, L, D]
         return to_out[0].forward(o.transpose(1, 2).reshape(b, l, -1)).MoveToOuterDisposeScope();
     }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "to_q": to_q = layer; break;
+            case "to_k": to_k = layer; break;
+            case "to_v": to_v = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
+    }
 }
 
 /// <summary>SwiGLU feed-forward <c>w2(silu(w1 x) * w3 x)</c>, hidden <c>int(dim/3*8)</c>, no biases.</summary>
-public sealed class ZImageFeedForward : Module<Tensor, Tensor>
+public sealed class ZImageFeedForward : Module<Tensor, Tensor>, ILinearHost
 {
-    readonly Module<Tensor, Tensor> w1; // [ffn, dim]
-    readonly Module<Tensor, Tensor> w2; // [dim, ffn]
-    readonly Module<Tensor, Tensor> w3; // [ffn, dim]
+    Module<Tensor, Tensor> w1; // [ffn, dim]
+    Module<Tensor, Tensor> w2; // [dim, ffn]
+    Module<Tensor, Tensor> w3; // [ffn, dim]
 
     public ZImageFeedForward(ZImageConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(ZImageFeedForward))
     {
@@ -91,6 +104,17 @@ public sealed class ZImageFeedForward : Module<Tensor, Tensor>
     {
         using var s = NewDisposeScope();
         return w2.forward(functional.silu(w1.forward(x)) * w3.forward(x)).MoveToOuterDisposeScope();
+    }
+
+    void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
+    {
+        switch (name)
+        {
+            case "w1": w1 = layer; break;
+            case "w2": w2 = layer; break;
+            case "w3": w3 = layer; break;
+            default: throw LinearHost.Unknown(this, name);
+        }
     }
 }
 
