@@ -54,6 +54,9 @@ public static class ModelCards
         return doc.RootElement.TryGetProperty("model_card", out var name) ? name.GetString() : null;
     }
 
+    /// <summary>A text-encoder component card (models/text-encoders/NAME.json).</summary>
+    public static Qwen3.Qwen3Config TextEncoder(string name) => Qwen3.Qwen3Config.Load(Path.Combine(Directory, "text-encoders", name + ".json"));
+
     /// <summary>The parsed JSON of card <paramref name="name"/> (caller disposes), for a family's own card reader.</summary>
     public static JsonDocument Read(string name) => JsonDocument.Parse(File.ReadAllText(PathOf(name)));
 

@@ -1,5 +1,3 @@
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using InferenceServer.Models.Flux2.Autoencoder;
 using InferenceServer.Models.Quantization;
 using InferenceServer.Models.Qwen3;
@@ -91,7 +89,7 @@ public static class Flux2ModelFolder
     public static AutoEncoderConfig VaeConfig(Flux2ModelCard card) => AutoEncoderConfig.Load(Path.Combine(ModelCards.Directory, "vae", card.Vae + ".json"));
 
     /// <summary>Text-encoder config of a card's component name (models/text-encoders/NAME.json).</summary>
-    public static Qwen3Config TextEncoderConfig(Flux2ModelCard card) => Qwen3Config.Load(Path.Combine(ModelCards.Directory, "text-encoders", card.TextEncoder + ".json"));
+    public static Qwen3Config TextEncoderConfig(Flux2ModelCard card) => ModelCards.TextEncoder(card.TextEncoder);
 
     /// <summary>
     /// Loads every component in <paramref name="dtype"/> (bfloat16 or float32; the VAE's BatchNorm statistics stay float32)
@@ -122,7 +120,6 @@ public static class Flux2ModelFolder
 
         Flux2Transformer? transformer = null;
         Flux2Autoencoder? vae = null;
-        Qwen3TextEncoder? encoder = null;
         IDisposable? encoderLease = null;
         try
         {
@@ -147,20 +144,9 @@ public static class Flux2ModelFolder
             vae.To(dtype, device.type == DeviceType.CPU ? null : device);
             report.Add($"vae {Rel(dir, vaePath)}: {r.Loaded} tensors ({card.Vae})");
 
-            var teConfig = TextEncoderConfig(card);
-            string hfConfig = Path.Combine(tePath, "config.json");
-            if (File.Exists(hfConfig)) teConfig = Qwen3Config.FromHfConfig(hfConfig, teConfig);
-            if (options.SharedTextEncoders is { } shared)
-            {
-                var (e, lease, with) = Named(tePath, () => shared.Acquire(tePath, teConfig, dtype, device, dir));
-                (encoder, encoderLease) = (e, lease);
-                report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {(with is null ? $"{encoder.Depth} layers built (shareable)" : $"the same weights as {with}: shared, not loaded again")}");
-            }
-            else
-            {
-                encoder = Named(tePath, () => Qwen3TextEncoder.Load(tePath, teConfig, dtype, device));
-                report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {encoder.Depth} layers built");
-            }
+            var (encoder, lease, teConfig, how) = Named(tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath, TextEncoderConfig(card), dtype, device, dir));
+            encoderLease = lease;
+            report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {how}");
 
             var tokenizer = Qwen3Tokenizer.Load(tokPath);
             report.Add($"tokenizer {Rel(dir, tokPath)}");
@@ -170,7 +156,7 @@ public static class Flux2ModelFolder
         {
             transformer?.Dispose();
             vae?.Dispose();
-            (encoderLease ?? encoder)?.Dispose();
+            encoderLease?.Dispose();
             throw;
         }
     }

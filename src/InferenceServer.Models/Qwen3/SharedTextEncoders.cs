@@ -40,6 +40,25 @@ public sealed class SharedTextEncoders
         }
     }
 
+    /// <summary>
+    /// A model folder's text encoder (<paramref name="tePath"/>, its config.json checked against <paramref name="config"/>):
+    /// through <paramref name="shared"/> when given, else loaded for this model alone. Dispose <c>Lease</c> (the encoder
+    /// itself when not shared); <c>Report</c> says how it was obtained.
+    /// </summary>
+    public static (Qwen3TextEncoder Encoder, IDisposable Lease, Qwen3Config Config, string Report) Load(SharedTextEncoders? shared, string tePath,
+        Qwen3Config config, ScalarType dtype, Device device, string user)
+    {
+        string hfConfig = Path.Combine(tePath, "config.json");
+        if (File.Exists(hfConfig)) config = Qwen3Config.FromHfConfig(hfConfig, config);
+        if (shared is null)
+        {
+            var alone = Qwen3TextEncoder.Load(tePath, config, dtype, device);
+            return (alone, alone, config, $"{alone.Depth} layers built");
+        }
+        var (encoder, lease, with) = shared.Acquire(tePath, config, dtype, device, user);
+        return (encoder, lease, config, with is null ? $"{encoder.Depth} layers built (shareable)" : $"the same weights as {with}: shared, not loaded again");
+    }
+
     /// <summary>Models holding an encoder from this registry, per distinct encoder (for reports and tests).</summary>
     public IReadOnlyList<int> Users { get { lock (gate) return entries.Values.Select(e => e.Users).ToList(); } }
 

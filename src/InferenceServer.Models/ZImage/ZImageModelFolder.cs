@@ -63,7 +63,6 @@ public static class ZImageModelFolder
 
         ZImageTransformer? transformer = null;
         ZImageAutoencoder? vae = null;
-        Qwen3TextEncoder? encoder = null;
         IDisposable? encoderLease = null;
         try
         {
@@ -81,15 +80,10 @@ public static class ZImageModelFolder
             vae = ZImageAutoencoder.Load(vaePath).To(ScalarType.Float32, device.type == DeviceType.CPU ? null : device);   // the official VAE runs float32
             report.Add($"vae {Path.GetRelativePath(dir, vaePath)}: FLUX.1 AE, latent {vae.Config.LatentChannels} channels, float32");
 
-            var teConfig = Qwen3Config.Load(Path.Combine(ModelCards.Directory, "text-encoders", card.TextEncoder + ".json"));
-            string hfConfig = Path.Combine(tePath, "config.json");
-            if (File.Exists(hfConfig)) teConfig = Qwen3Config.FromHfConfig(hfConfig, teConfig);
-            teConfig = PromptFormat.ZImage.Configure(teConfig);
-            string? sharedWith = null;
-            if (options.SharedTextEncoders is { } shared) (encoder, encoderLease, sharedWith) = shared.Acquire(tePath, teConfig, dtype, device, dir);
-            else encoder = Qwen3TextEncoder.Load(tePath, teConfig, dtype, device);
-            report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), " +
-                (sharedWith is null ? $"{encoder.Depth} layers built" : $"the same weights as {sharedWith}: shared, not loaded again"));
+            var (encoder, lease, teConfig, how) = SharedTextEncoders.Load(options.SharedTextEncoders, tePath,
+                PromptFormat.ZImage.Configure(ModelCards.TextEncoder(card.TextEncoder)), dtype, device, dir);
+            encoderLease = lease;
+            report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), {how}");
 
             var tokenizer = Qwen3Tokenizer.Load(tokPath);
             report.Add($"tokenizer {Path.GetRelativePath(dir, tokPath)}");
@@ -99,7 +93,7 @@ public static class ZImageModelFolder
         {
             transformer?.Dispose();
             vae?.Dispose();
-            (encoderLease ?? encoder)?.Dispose();
+            encoderLease?.Dispose();
             throw;
         }
     }

@@ -60,7 +60,7 @@ public static class ZImageRandomModel
             Flux2RandomModel.WriteJson(Path.Combine(vDir, "config.json"), vaeConfig.ToDiffusersJson());
         }
 
-        Flux2RandomModel.WriteTextEncoder(outDir, Qwen3Config.Load(Path.Combine(ModelCards.Directory, "text-encoders", card.TextEncoder + ".json")), dtype, seed, meta, progress);
+        Flux2RandomModel.WriteTextEncoder(outDir, ModelCards.TextEncoder(card.TextEncoder), dtype, seed, meta, progress);
         Flux2RandomModel.CopyTokenizer(outDir);
         if (!singleFile)
             Flux2RandomModel.WriteJson(Path.Combine(outDir, "model_index.json"), new JsonObject
