@@ -10,7 +10,8 @@ namespace InferenceServer.Models.Flux2;
 // Building blocks of the FLUX.2 transformer. Field names are the BFL checkpoint keys (RegisterComponents turns
 // them into `img_attn.qkv.weight`, `norm.query_norm.scale`, ...); LayerNorms without affine have no parameters
 // and are applied functionally. Every Linear field is typed Module<Tensor, Tensor> and its holder implements ILinearHost,
-// so weight quantization (WeightQuantizer.Swap) can put a QuantizedLinear of the same name in its place.
+// so weight quantization (WeightQuantizer.Swap) can put a QuantizedLinear of the same name in its place. Linears are
+// invoked with call(), not forward(), so the hooks of per-request LoRA adapters (Lora.LoraRuntime) see them.
 
 /// <summary>RMSNorm over the last dimension with a learned <c>scale</c>; statistics in float32 whatever the input dtype.</summary>
 public sealed class RMSNorm : Module<Tensor, Tensor>
@@ -93,7 +94,7 @@ public sealed class SwiGluMlp : Module<Tensor, Tensor>, ILinearHost
     public override Tensor forward(Tensor x)
     {
         using var s = NewDisposeScope();
-        return linear_out.forward(Flux2Math.SwiGlu(linear_in.forward(x))).MoveToOuterDisposeScope();
+        return linear_out.call(Flux2Math.SwiGlu(linear_in.call(x))).MoveToOuterDisposeScope();
     }
 
     void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
@@ -122,8 +123,8 @@ public sealed class MLPEmbedder : Module<Tensor, Tensor>, ILinearHost
 
     public override Tensor forward(Tensor x)
     {
-        using var h = functional.silu(in_layer.forward(x));
-        return out_layer.forward(h);
+        using var h = functional.silu(in_layer.call(x));
+        return out_layer.call(h);
     }
 
     void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
@@ -154,7 +155,7 @@ public sealed class Modulation : Module, ILinearHost
     public Tensor Project(Tensor vec)
     {
         using var h = functional.silu(vec);
-        return lin.forward(h);
+        return lin.call(h);
     }
 
     /// <summary>Chunks of the projection, each [B, 1, hidden]: (shift, scale, gate) x multiplier/3.</summary>
@@ -199,17 +200,17 @@ public sealed class DoubleStreamBlock : Module
     {
         using var s = NewDisposeScope();
         long lt = txt.shape[1];
-        var (iq, ik, iv) = Flux2Math.SplitQkv(img_attn.qkv.forward(Flux2Math.Modulate(img, modImg[0], modImg[1], lnEps)), heads); // 3 x [B, H, Li, D]
+        var (iq, ik, iv) = Flux2Math.SplitQkv(img_attn.qkv.call(Flux2Math.Modulate(img, modImg[0], modImg[1], lnEps)), heads); // 3 x [B, H, Li, D]
         (iq, ik) = img_attn.norm.forward(iq, ik, iv);
-        var (tq, tk, tv) = Flux2Math.SplitQkv(txt_attn.qkv.forward(Flux2Math.Modulate(txt, modTxt[0], modTxt[1], lnEps)), heads); // 3 x [B, H, Lt, D]
+        var (tq, tk, tv) = Flux2Math.SplitQkv(txt_attn.qkv.call(Flux2Math.Modulate(txt, modTxt[0], modTxt[1], lnEps)), heads); // 3 x [B, H, Lt, D]
         (tq, tk) = txt_attn.norm.forward(tq, tk, tv);
         var attn = Flux2Math.Attention(cat([tq, iq], 2), cat([tk, ik], 2), cat([tv, iv], 2), pe); // [B, Lt+Li, hidden]
         var txtAttn = attn[.., ..(int)lt];                                                       // [B, Lt, hidden]
         var imgAttn = attn[.., (int)lt..];                                                       // [B, Li, hidden]
 
-        img = img + modImg[2] * img_attn.proj.forward(imgAttn);
+        img = img + modImg[2] * img_attn.proj.call(imgAttn);
         img = img + modImg[5] * img_mlp.forward(Flux2Math.Modulate(img, modImg[3], modImg[4], lnEps));
-        txt = txt + modTxt[2] * txt_attn.proj.forward(txtAttn);
+        txt = txt + modTxt[2] * txt_attn.proj.call(txtAttn);
         txt = txt + modTxt[5] * txt_mlp.forward(Flux2Math.Modulate(txt, modTxt[3], modTxt[4], lnEps));
         return (img.MoveToOuterDisposeScope(), txt.MoveToOuterDisposeScope());
     }
@@ -239,12 +240,12 @@ public sealed class SingleStreamBlock : Module, ILinearHost
     public Tensor forward(Tensor x, Tensor pe, Tensor[] mod)
     {
         using var s = NewDisposeScope();
-        var h = linear1.forward(Flux2Math.Modulate(x, mod[0], mod[1], lnEps)); // [B, L, 3*hidden + 2*mlp]
+        var h = linear1.call(Flux2Math.Modulate(x, mod[0], mod[1], lnEps)); // [B, L, 3*hidden + 2*mlp]
         var (q, k, v) = Flux2Math.SplitQkv(h[.., .., ..(int)(3 * hidden)], heads); // 3 x [B, H, L, D]
         (q, k) = norm.forward(q, k, v);
         var attn = Flux2Math.Attention(q, k, v, pe);                             // [B, L, hidden]
         var mlp = Flux2Math.SwiGlu(h[.., .., (int)(3 * hidden)..]);             // [B, L, mlp]
-        return (x + mod[2] * linear2.forward(cat([attn, mlp], 2))).MoveToOuterDisposeScope();
+        return (x + mod[2] * linear2.call(cat([attn, mlp], 2))).MoveToOuterDisposeScope();
     }
 
     void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
@@ -272,7 +273,7 @@ public sealed class AdaLNModulation : Module<Tensor, Tensor>, ILinearHost
     public override Tensor forward(Tensor vec)
     {
         using var h = functional.silu(vec);
-        return linear.forward(h);
+        return linear.call(h);
     }
 
     void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
@@ -306,7 +307,7 @@ public sealed class LastLayer : Module, ILinearHost
     {
         using var s = NewDisposeScope();
         var mod = Flux2Math.RowWise(vec, adaLN_modulation.forward).unsqueeze(1).chunk(2, -1); // shift, scale: [B, 1, hidden]
-        return linear.forward(Flux2Math.Modulate(x, mod[0], mod[1], lnEps)).MoveToOuterDisposeScope();
+        return linear.call(Flux2Math.Modulate(x, mod[0], mod[1], lnEps)).MoveToOuterDisposeScope();
     }
 
     void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
@@ -331,7 +332,11 @@ public static class Flux2Math
     {
         if (x.shape[0] == 1) return f(x);
         using var s = NewDisposeScope();
-        return cat(Enumerable.Range(0, (int)x.shape[0]).Select(i => f(x[i..(i + 1)])).ToList(), 0).MoveToOuterDisposeScope();
+        return cat(Enumerable.Range(0, (int)x.shape[0]).Select(i =>
+        {
+            using var row = Lora.LoraRows.Offset(i); // adapters hooked on f's linears see batch row i, not row 0
+            return f(x[i..(i + 1)]);
+        }).ToList(), 0).MoveToOuterDisposeScope();
     }
 
     /// <summary><c>(1 + scale) * LayerNorm(x) + shift</c>, LayerNorm without affine.</summary>

@@ -111,8 +111,8 @@ public sealed class Flux2Transformer : Module, ILinearHost
         var modTxt = double_stream_modulation_txt.Chunks(modTxtRaw);       // 6 x [B, 1, hidden]
         var modSingle = single_stream_modulation.Chunks(modSingleRaw);     // 3 x [B, 1, hidden]
 
-        var img = img_in.forward(x.to(dt, dev));     // [B, Li, hidden]
-        var txt = txt_in.forward(ctx.to(dt, dev));   // [B, Lt, hidden]
+        var img = img_in.call(x.to(dt, dev));     // [B, Li, hidden]
+        var txt = txt_in.call(ctx.to(dt, dev));   // [B, Lt, hidden]
         Trace("img_in_out", img);
         Trace("txt_in_out", txt);
         var peX = Flux2Math.RopeTable(xIds, c.AxesDim, c.Theta);     // [B, 1, Li, D/2, 2, 2] f32

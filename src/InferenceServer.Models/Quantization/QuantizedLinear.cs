@@ -173,6 +173,18 @@ public sealed class QuantizedLinear : Module<Tensor, Tensor>
         return (w * s).to(dtype).MoveToOuterDisposeScope();
     }
 
+    /// <summary>Replaces the stored weight by <paramref name="w"/> [out, in] quantized in this layer's format and scale layout (for merging an adapter).</summary>
+    public void Requantize(Tensor w)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var (q, s) = WeightQuantizer.Quantize(w, Format);
+        if (!PerTensor && s.numel() != weight_scale.numel()) throw new InvalidOperationException("scale layout changed");
+        // A weight already held as float8_e4m3fn takes the code values (exact), not the raw code bytes.
+        weight.copy_(HoldsFloat8 ? WeightQuantizer.DecodeFp8(q, Format, ScalarType.Float32) : q);
+        weight_scale.copy_(PerTensor ? s.reshape(weight_scale.shape) : s);
+    }
+
     /// <summary>Bytes held by the weight and its scale.</summary>
     public long ByteSize => weight.numel() * weight.ElementSize + weight_scale.numel() * weight_scale.ElementSize;
 

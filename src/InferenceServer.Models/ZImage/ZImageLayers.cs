@@ -66,11 +66,11 @@ public sealed class ZImageAttention : Module, ILinearHost
     {
         using var s = NewDisposeScope();
         long b = x.shape[0], l = x.shape[1];
-        var q = ZImageMath.ApplyRope(norm_q.forward(to_q.forward(x).view(b, l, heads, -1)), freqs); // [B, L, H, D]
-        var k = ZImageMath.ApplyRope(norm_k.forward(to_k.forward(x).view(b, l, heads, -1)), freqs);
-        var v = to_v.forward(x).view(b, l, heads, -1);
+        var q = ZImageMath.ApplyRope(norm_q.forward(to_q.call(x).view(b, l, heads, -1)), freqs); // [B, L, H, D]
+        var k = ZImageMath.ApplyRope(norm_k.forward(to_k.call(x).view(b, l, heads, -1)), freqs);
+        var v = to_v.call(x).view(b, l, heads, -1);
         var o = functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask: mask); // [B, H, L, D]
-        return to_out[0].forward(o.transpose(1, 2).reshape(b, l, -1)).MoveToOuterDisposeScope();
+        return to_out[0].call(o.transpose(1, 2).reshape(b, l, -1)).MoveToOuterDisposeScope();
     }
 
     void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
@@ -103,7 +103,7 @@ public sealed class ZImageFeedForward : Module<Tensor, Tensor>, ILinearHost
     public override Tensor forward(Tensor x)
     {
         using var s = NewDisposeScope();
-        return w2.forward(functional.silu(w1.forward(x)) * w3.forward(x)).MoveToOuterDisposeScope();
+        return w2.call(functional.silu(w1.call(x)) * w3.call(x)).MoveToOuterDisposeScope();
     }
 
     void ILinearHost.ReplaceLinear(string name, Module<Tensor, Tensor> layer)
@@ -149,7 +149,7 @@ public sealed class ZImageBlock : Module
     public bool Modulated => adaLN_modulation is not null;
 
     /// <summary>The raw modulation <c>adaLN_modulation.0(c)</c>: [B, 4*dim] (scale_msa, gate_msa, scale_mlp, gate_mlp), one row at a time (see <see cref="Flux2Math.RowWise"/>).</summary>
-    public Tensor Modulation(Tensor c) => Flux2Math.RowWise(c, adaLN_modulation![0].forward);
+    public Tensor Modulation(Tensor c) => Flux2Math.RowWise(c, adaLN_modulation![0].call);
 
     /// <param name="x">[B, L, dim]</param>
     /// <param name="freqs">[B, L, head_dim/2, 2] float32.</param>
@@ -196,7 +196,7 @@ public sealed class ZImageFinalLayer : Module
     {
         using var s = NewDisposeScope();
         var n = functional.layer_norm(x, [x.shape[^1]], eps: eps);
-        return linear.forward(n * (1 + scale.unsqueeze(1))).MoveToOuterDisposeScope();
+        return linear.call(n * (1 + scale.unsqueeze(1))).MoveToOuterDisposeScope();
     }
 
     public sealed class AdaLN : Module<Tensor, Tensor>
@@ -212,7 +212,7 @@ public sealed class ZImageFinalLayer : Module
         public override Tensor forward(Tensor c)
         {
             using var h = functional.silu(c);
-            return linear.forward(h);
+            return linear.call(h);
         }
     }
 }
@@ -245,8 +245,8 @@ public sealed class ZImageTimestepEmbedder : Module<Tensor, Tensor>
 
         public override Tensor forward(Tensor x)
         {
-            using var h = functional.silu(linear1.forward(x));
-            return linear2.forward(h);
+            using var h = functional.silu(linear1.call(x));
+            return linear2.call(h);
         }
     }
 }
@@ -265,8 +265,8 @@ public sealed class ZImageCaptionEmbedder : Module<Tensor, Tensor>
     }
 
     public Tensor Norm(Tensor x) => norm.forward(x);
-    public Tensor Project(Tensor normed) => linear.forward(normed);
-    public override Tensor forward(Tensor x) { using var n = norm.forward(x); return linear.forward(n); }
+    public Tensor Project(Tensor normed) => linear.call(normed);
+    public override Tensor forward(Tensor x) { using var n = norm.forward(x); return linear.call(n); }
 }
 
 /// <summary>

@@ -106,7 +106,7 @@ public sealed class ZImageTransformer : Module
         var tokens = x.to(dt, dev);
         var xPadded = padX == 0 ? tokens : cat([tokens, tokens[.., ^1..].expand(b, padX, tokens.shape[2])], 1); // [B, Lxp, 64]
         var xPadMask = (arange(lxp, ScalarType.Int64, dev) >= lx);                                                // [Lxp]
-        var xEmb = all_x_embedder.Entry.forward(xPadded);                                                        // [B, Lxp, dim]
+        var xEmb = all_x_embedder.Entry.call(xPadded);                                                        // [B, Lxp, dim]
         var img = where(xPadMask.view(1, lxp, 1), x_pad_token, xEmb);
         var xIds = Enumerable.Range(0, b).Select(i => ZImageMath.ImagePositions(gridH, gridW, padX, capPadded[i], dev)).ToArray(); // [Lxp, 3] each
         var xFreqs = stack(xIds.Select(ids => ZImageMath.RopeTable(ids, c.AxesDims, c.RopeTheta)).ToList(), 0); // [B, Lxp, D/2, 2]
