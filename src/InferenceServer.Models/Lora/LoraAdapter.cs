@@ -21,15 +21,17 @@ public sealed class LoraAdapter : IDisposable
 {
     readonly Dictionary<string, LoraDelta> deltas;
 
-    LoraAdapter(string name, string format, Dictionary<string, LoraDelta> deltas, int modules, IReadOnlyList<long> ranks, IReadOnlyList<double> alphas)
+    LoraAdapter(string name, string format, LoraTargets model, Dictionary<string, LoraDelta> deltas, int modules, IReadOnlyList<long> ranks, IReadOnlyList<double> alphas)
     {
-        Name = name; Format = format; this.deltas = deltas; Modules = modules; Ranks = ranks; Alphas = alphas;
+        Name = name; Format = format; Model = model; this.deltas = deltas; Modules = modules; Ranks = ranks; Alphas = alphas;
         Bytes = deltas.Values.Sum(d => d.Down.numel() * d.Down.ElementSize + d.Up.numel() * d.Up.ElementSize);
     }
 
     public string Name { get; }
     /// <summary>"diffusers", "peft", "kohya", "comfyui" or "bfl" (see <see cref="LoraFile.FormatOf"/>).</summary>
     public string Format { get; }
+    /// <summary>The model layers it was resolved onto (an adapter runs only on that model).</summary>
+    public LoraTargets Model { get; }
     /// <summary>Modules (A/B pairs) in the file.</summary>
     public int Modules { get; }
     /// <summary>The distinct ranks of its modules, ascending.</summary>
@@ -118,7 +120,7 @@ public sealed class LoraAdapter : IDisposable
             var u = Own(list.Count == 1 ? list[0].Up : cat(list.Select(b => b.Up).ToList(), 1));
             deltas[target] = new LoraDelta(d, u);
         }
-        return new LoraAdapter(name, format, deltas, modules.Count, [.. ranks], [.. alphas]);
+        return new LoraAdapter(name, format, targets, deltas, modules.Count, [.. ranks], [.. alphas]);
 
         // A fresh contiguous copy per target in the model's dtype and device (a Down shared by several targets is copied for each).
         Tensor Own(Tensor t)

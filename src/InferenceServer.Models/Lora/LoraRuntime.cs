@@ -85,6 +85,7 @@ public sealed class LoraRuntime : IDisposable
 
     void Check(LoraAdapter a)
     {
+        if (a.Model != Targets) throw new ArgumentException($"adapter '{a.Name}' was loaded for another model");
         foreach (var (path, d) in a.Deltas)
             if (!Targets.Layers.TryGetValue(path, out var shape) || shape.In != d.Down.shape[1] || shape.Out != d.Up.shape[0])
                 throw new ArgumentException($"adapter '{a.Name}' was not resolved for this model (layer {path})");

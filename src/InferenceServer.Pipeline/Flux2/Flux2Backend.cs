@@ -1,5 +1,6 @@
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
+using InferenceServer.Models.Lora;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using static TorchSharp.torch;
@@ -14,6 +15,7 @@ namespace InferenceServer.Pipeline.Flux2;
 public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFamilyBackend
 {
     public const string FamilyName = "flux2";
+    readonly Lazy<LoraRuntime> lora = new(() => new LoraRuntime(LoraTargets.Of(model.Transformer, Flux2LoraNaming.Instance)));
 
     public Flux2Model Model { get; } = model;
     public string Family => FamilyName;
@@ -27,6 +29,7 @@ public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFam
     public SamplingDefaults Sampling => Model.Card.Sampling;
     public bool AcceptsReferences => true;
     public PixelRounding Rounding => PixelRounding.Truncate;
+    public LoraRuntime Lora => lora.Value;
     public bool UsesGuidance => Model.Card.Transformer.UseGuidanceEmbed || !Model.Card.Sampling.Distilled;
 
     /// <summary>The stacked Qwen3 hidden states [1, L, context dim] in the encoder's dtype.</summary>

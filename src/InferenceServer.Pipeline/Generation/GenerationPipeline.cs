@@ -1,3 +1,4 @@
+using InferenceServer.Models.Lora;
 using InferenceServer.Models.Runtime;
 using System.Diagnostics;
 using System.Runtime.ExceptionServices;
@@ -27,6 +28,8 @@ public sealed record GenerationRequest
     public double? Guidance { get; init; }
     public ImageFormat Format { get; init; } = ImageFormat.Png;
     public int? Quality { get; init; }
+    /// <summary>LoRA adapters for this request (loaded for this pipeline's model with <see cref="GenerationPipeline.LoadAdapter"/>), at most <see cref="PipelineOptions.MaxLorasPerRequest"/>.</summary>
+    public IReadOnlyList<LoraUse> Loras { get; init; } = [];
 }
 
 /// <summary>
@@ -51,6 +54,10 @@ public sealed record PipelineOptions
     /// <summary>Pixel cap of each of several references (BFL encode_image_refs: 1024^2).</summary>
     public long MultiReferencePixels { get; init; } = 1024L * 1024;
     public ImageLimits Decode { get; init; } = new();
+    /// <summary>Adapters one request may name.</summary>
+    public int MaxLorasPerRequest { get; init; } = 4;
+    /// <summary>Bound of an adapter's |scale|.</summary>
+    public double MaxLoraScale { get; init; } = 16;
 }
 
 /// <summary>A sampler step as researchers see it: which image, which step, the sigma, the latents after the step ([1, L_img, C] tokens, valid only inside the callback).</summary>
@@ -140,6 +147,18 @@ public sealed class GenerationPipeline : IDisposable
         if (request.Quality is < 0 or > 100) throw new RequestException("output_compression", $"output_compression: {request.Quality}, 0 to 100 are allowed");
         if (request.Guidance is { } gd && (double.IsNaN(gd) || gd < 0 || gd > o.MaxGuidance))
             throw new RequestException("guidance", $"guidance: {gd}, 0 to {o.MaxGuidance} are allowed");
+        if (request.Loras.Count > o.MaxLorasPerRequest)
+            throw new RequestException("loras", $"loras: {request.Loras.Count} adapters given, at most {o.MaxLorasPerRequest} are allowed");
+        for (int i = 0; i < request.Loras.Count; i++)
+        {
+            var use = request.Loras[i];
+            if (!double.IsFinite(use.Scale) || Math.Abs(use.Scale) > o.MaxLoraScale)
+                throw new RequestException("loras", $"loras[{i}].scale: {use.Scale}, -{o.MaxLoraScale} to {o.MaxLoraScale} are allowed");
+            if (use.Adapter.Model != Backend.Lora.Targets)
+                throw new RequestException("loras", $"loras[{i}].name: adapter '{use.Adapter.Name}' was loaded for another model, not {Backend.CardName}");
+            if (request.Loras.Take(i).Any(u => u.Adapter == use.Adapter))
+                throw new RequestException("loras", $"loras[{i}].name: adapter '{use.Adapter.Name}' is named twice");
+        }
         double? guidance = Backend.UsesGuidance ? request.Guidance ?? sampling.Guidance : null;
         long seed = request.Seed ?? Random.Shared.NextInt64(0, 1L << 53);
 
@@ -230,6 +249,7 @@ public sealed class GenerationPipeline : IDisposable
             // Rows: entry e's images j = 0..Count-1, in entry order.
             var noise = new List<Tensor>();
             var conditioning = new List<RowConditioning>();
+            var rowLoras = new List<IReadOnlyList<LoraUse>>();
             for (int e = 0; e < n; e++)
             {
                 if (outcomes[e] is not null) continue;
@@ -239,12 +259,14 @@ public sealed class GenerationPipeline : IDisposable
                     rowImage.Add(j);
                     noise.Add(Backend.Noise(entries[e].Request.Seed + j, h, w));                // [1, h*w, C]
                     conditioning.Add(new RowConditioning(txt[e]!, refs[e]!));
+                    rowLoras.Add(entries[e].Request.Request.Loras);
                 }
             }
             if (rowEntry.Count > 0)
             {
                 var schedule = Backend.Schedule(key.Steps, h * w);
-                using var denoiser = Backend.Condition(conditioning, key.Guidance, h, w, p => CachedPrompt(p).Features);
+                var conditioned = Backend.Condition(conditioning, key.Guidance, h, w, p => CachedPrompt(p).Features);
+                using var denoiser = rowLoras.Any(r => r.Count > 0) ? new AdaptedDenoiser(conditioned, Backend.Lora, rowLoras) : conditioned;
                 using (var x0 = cat(noise, 0)) x = ComputeDevice.Upload(x0, device, ScalarType.Float32); // [R, h*w, C] f32
                 foreach (var t in noise) t.Dispose();
                 var stepWatch = Stopwatch.StartNew();
@@ -343,6 +365,12 @@ public sealed class GenerationPipeline : IDisposable
     /// then a device synchronise: on CUDA it creates the cuBLAS/cuDNN handles, loads kernels and primes the caching
     /// allocator, so the first request does not pay for them. Returns its wall time in milliseconds.
     /// </summary>
+    /// <summary>
+    /// Reads a LoRA file for this pipeline's model (any published naming; see <see cref="LoraAdapter.Load"/>), in the model's
+    /// dtype and device. Thread-safe: servers load adapters off the engine thread. Bad files throw <see cref="InvalidDataException"/>.
+    /// </summary>
+    public LoraAdapter LoadAdapter(string path, string? name = null) => LoraAdapter.Load(path, Backend.Lora.Targets, Backend.DType, Backend.Device, name);
+
     public double WarmUp()
     {
         var sw = Stopwatch.StartNew();

@@ -1,4 +1,5 @@
 using InferenceServer.Models;
+using InferenceServer.Models.Lora;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Pipeline.Generation;
@@ -43,6 +44,9 @@ public interface IFamilyBackend : IDisposable
     bool UsesGuidance { get; }
     /// <summary>How decoded pixels in [-1, 1] become bytes (FLUX.2 truncates, diffusers-style models round half to even).</summary>
     Images.PixelRounding Rounding { get; }
+
+    /// <summary>The transformer's adapter runtime (hooks on every adaptable linear, made on first use; thread-safe to read its targets).</summary>
+    LoraRuntime Lora { get; }
 
     /// <summary>The prompt's text features (family-specific shape, in the model dtype); cached by the pipeline by prompt.</summary>
     Tensor EncodePrompt(string prompt);

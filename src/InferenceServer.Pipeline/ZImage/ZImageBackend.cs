@@ -1,3 +1,4 @@
+using InferenceServer.Models.Lora;
 using InferenceServer.Models;
 using InferenceServer.Models.Text;
 using InferenceServer.Models.ZImage;
@@ -14,6 +15,8 @@ namespace InferenceServer.Pipeline.ZImage;
 /// </summary>
 public sealed class ZImageBackend(ZImageModel model) : IFamilyBackend
 {
+    readonly Lazy<LoraRuntime> lora = new(() => new LoraRuntime(LoraTargets.Of(model.Transformer, ZImageLoraNaming.Instance)));
+
     public ZImageModel Model { get; } = model;
     public string Family => ZImageModelCard.Family;
     public string CardName => Model.Card.Name;
@@ -26,6 +29,7 @@ public sealed class ZImageBackend(ZImageModel model) : IFamilyBackend
     public SamplingDefaults Sampling => Model.Card.Sampling;
     public bool AcceptsReferences => false;
     public bool UsesGuidance => true;
+    public LoraRuntime Lora => lora.Value;
     public PixelRounding Rounding => PixelRounding.HalfToEven;
 
     /// <summary>[L, hidden] features of the prompt's real tokens (L &lt;= 512).</summary>
