@@ -103,11 +103,17 @@ public sealed class LoraRuntime : IDisposable
             if (sel is null) continue;
             var (index, scales) = sel.Value;
             var xs = index is null ? x : x.index_select(0, index);
-            var t = functional.linear(xs, d.Down);                                           // [k, ..., R]
-            long[] shape = [.. Enumerable.Repeat(1L, (int)t.dim())];
-            shape[0] = -1;
-            t = (t.to(ScalarType.Float32) * scales.view(shape)).to(xs.dtype);                // per-row scale, in float32
-            var delta = functional.linear(t, d.Up);                                          // [k, ..., out]
+            // One GEMM pair per row ([L, in] x [in, R] x [R, out]): a row's delta has the shapes it has alone whatever the
+            // batch. Batched or stacked GEMMs pick kernels by batch size, and their float32 sums round to bf16 differently.
+            long k = xs.shape[0];
+            var perRow = new Tensor[k];
+            for (int i = 0; i < k; i++)
+            {
+                var xi = xs[i].reshape(-1, xs.shape[^1]);                                       // [L, in]
+                var ti = xi.mm(d.Down.t()).to(ScalarType.Float32).mul_(scales[i]).to(xs.dtype);  // [L, R], scaled in float32
+                perRow[i] = ti.mm(d.Up.t());                                                     // [L, out]
+            }
+            var delta = stack(perRow).reshape([.. xs.shape[..^1], d.Up.shape[0]]);               // [k, ..., out]
             result = index is null ? (result ?? y) + delta : (result ?? y).index_add(0, index, delta, 1);
         }
         return result;
@@ -118,10 +124,10 @@ public sealed class LoraRuntime : IDisposable
     /// <summary>The adapters of the running batch, and per (input rows, first row, device) the rows each one touches.</summary>
     sealed class Active(int rows, Group[] groups) : IDisposable
     {
-        readonly Dictionary<(int, long, long, string), (Tensor? Index, Tensor Scales)?> cache = [];
+        readonly Dictionary<(int, long, long, string), (Tensor? Index, float[] Scales)?> cache = [];
         public Group[] Groups => groups;
 
-        public (Tensor? Index, Tensor Scales)? Select(int g, long m, long? offset, Device device, string path)
+        public (Tensor? Index, float[] Scales)? Select(int g, long m, long? offset, Device device, string path)
         {
             if (offset is null && m % rows != 0) throw new InvalidOperationException($"LoRA: layer {path} got {m} input rows, the batch has {rows} requests");
             var key = (g, m, offset ?? -1, device.ToString());
@@ -135,16 +141,15 @@ public sealed class LoraRuntime : IDisposable
                 used.Add(j);
                 scales.Add((float)s);
             }
-            (Tensor?, Tensor)? sel = used.Count == 0 ? null : (
-                used.Count == m ? null : tensor(used.ToArray(), device: device).DetachFromDisposeScope(),
-                tensor(scales.ToArray(), device: device).DetachFromDisposeScope());
+            (Tensor?, float[])? sel = used.Count == 0 ? null : (
+                used.Count == m ? null : tensor(used.ToArray(), device: device).DetachFromDisposeScope(), scales.ToArray());
             cache[key] = sel;
             return sel;
         }
 
         public void Dispose()
         {
-            foreach (var s in cache.Values) { s?.Index?.Dispose(); s?.Scales.Dispose(); }
+            foreach (var s in cache.Values) s?.Index?.Dispose();
             cache.Clear();
         }
     }
