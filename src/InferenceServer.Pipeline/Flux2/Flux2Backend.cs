@@ -15,7 +15,6 @@ namespace InferenceServer.Pipeline.Flux2;
 public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFamilyBackend
 {
     public const string FamilyName = "flux2";
-    readonly Lazy<LoraRuntime> lora = new(() => new LoraRuntime(LoraTargets.Of(model.Transformer, Flux2LoraNaming.Instance)));
 
     public Flux2Model Model { get; } = model;
     public string Family => FamilyName;
@@ -29,7 +28,8 @@ public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFam
     public SamplingDefaults Sampling => Model.Card.Sampling;
     public bool AcceptsReferences => true;
     public PixelRounding Rounding => PixelRounding.Truncate;
-    public LoraRuntime Lora => lora.Value;
+    /// <summary>Made with the backend, so no hook is added while the engine thread runs the model.</summary>
+    public LoraRuntime Lora { get; } = new(LoraTargets.Of(model.Transformer, Flux2LoraNaming.Instance));
     public bool UsesGuidance => Model.Card.Transformer.UseGuidanceEmbed || !Model.Card.Sampling.Distilled;
 
     /// <summary>The stacked Qwen3 hidden states [1, L, context dim] in the encoder's dtype.</summary>
@@ -89,6 +89,7 @@ public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFam
 
     public void Dispose()
     {
+        Lora.Dispose();
         if (ownsModel) Model.Dispose();
     }
 }

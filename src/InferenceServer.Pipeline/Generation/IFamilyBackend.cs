@@ -45,7 +45,7 @@ public interface IFamilyBackend : IDisposable
     /// <summary>How decoded pixels in [-1, 1] become bytes (FLUX.2 truncates, diffusers-style models round half to even).</summary>
     Images.PixelRounding Rounding { get; }
 
-    /// <summary>The transformer's adapter runtime (hooks on every adaptable linear, made on first use; thread-safe to read its targets).</summary>
+    /// <summary>The transformer's adapter runtime (hooks on every adaptable linear, made with the backend; its targets are safe to read from any thread).</summary>
     LoraRuntime Lora { get; }
 
     /// <summary>The prompt's text features (family-specific shape, in the model dtype); cached by the pipeline by prompt.</summary>

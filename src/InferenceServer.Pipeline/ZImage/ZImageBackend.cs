@@ -15,7 +15,6 @@ namespace InferenceServer.Pipeline.ZImage;
 /// </summary>
 public sealed class ZImageBackend(ZImageModel model) : IFamilyBackend
 {
-    readonly Lazy<LoraRuntime> lora = new(() => new LoraRuntime(LoraTargets.Of(model.Transformer, ZImageLoraNaming.Instance)));
 
     public ZImageModel Model { get; } = model;
     public string Family => ZImageModelCard.Family;
@@ -29,7 +28,8 @@ public sealed class ZImageBackend(ZImageModel model) : IFamilyBackend
     public SamplingDefaults Sampling => Model.Card.Sampling;
     public bool AcceptsReferences => false;
     public bool UsesGuidance => true;
-    public LoraRuntime Lora => lora.Value;
+    /// <summary>Made with the backend, so no hook is added while the engine thread runs the model.</summary>
+    public LoraRuntime Lora { get; } = new(LoraTargets.Of(model.Transformer, ZImageLoraNaming.Instance));
     public PixelRounding Rounding => PixelRounding.HalfToEven;
 
     /// <summary>[L, hidden] features of the prompt's real tokens (L &lt;= 512).</summary>
@@ -72,5 +72,9 @@ public sealed class ZImageBackend(ZImageModel model) : IFamilyBackend
         return new DitFlops(linear, attention, text, ZImageFlops.Formula);
     }
 
-    public void Dispose() => Model.Dispose();
+    public void Dispose()
+    {
+        Lora.Dispose();
+        Model.Dispose();
+    }
 }
