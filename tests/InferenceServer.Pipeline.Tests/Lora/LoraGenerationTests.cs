@@ -47,6 +47,25 @@ public class LoraGenerationTests(LoraModels models, ITestOutputHelper output) : 
             Assert.NotEqual(Bytes(p, requests[i] with { Loras = [] }), Bytes(p, requests[i]));
     }
 
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void CFG_rows_run_the_adapters_of_their_request(ScalarType dtype)
+    {
+        // Z-Image with guidance > 1 runs [positive; negative] as one 2R-row batch: row b belongs to request b mod R.
+        using var p = Pipeline("zimage", dtype);
+        using var a = p.LoadAdapter(models.Adapter("zimage", "A"));
+        GenerationRequest[] requests =
+        [
+            Req("a red bicycle", 1, new LoraUse(a, 0.7)) with { Guidance = 3 },
+            Req("a cat", 2) with { Guidance = 3 },
+        ];
+        var outcomes = p.GenerateBatch(requests.Select(r => new BatchEntry(p.Prepare(r), default)).ToArray());
+        for (int i = 0; i < requests.Length; i++)
+            Assert.Equal(Bytes(p, requests[i]), Assert.IsType<GenerationResult>(outcomes[i].Result).Images[0].Image.Bytes);
+        Assert.NotEqual(Bytes(p, requests[0] with { Loras = [] }), Bytes(p, requests[0]));
+    }
+
     [Theory, MemberData(nameof(FamiliesAndDTypes))]
     public void Scale_zero_is_the_base_model_bit_for_bit(string family, ScalarType dtype)
     {
