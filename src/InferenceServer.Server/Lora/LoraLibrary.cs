@@ -63,7 +63,12 @@ public sealed class LoraLibrary : IDisposable
             for (int i = 0; i < files.Count; i++)
             {
                 try { uses.Add(new LoraUse(await lease.Entries[i].Loading.WaitAsync(cancellationToken).ConfigureAwait(false), requested[i].Scale)); }
-                catch (InvalidDataException e) { throw ServiceException.Invalid("loras", $"loras[{i}].name: {e.Message}"); }
+                catch (InvalidDataException e)
+                {
+                    // The loader names the file by its path; clients see only the adapter's file name.
+                    string message = e.Message.Replace(files[i].Path, Path.GetFileName(files[i].Path), StringComparison.Ordinal);
+                    throw ServiceException.Invalid("loras", $"loras[{i}].name: {message}");
+                }
             }
             lease.Uses = uses;
             return lease;
