@@ -16,7 +16,9 @@ namespace InferenceServer.Server.Engine;
 /// <see cref="BatchKey"/>: size, steps, guidance, reference shapes) from anywhere in the queue up to the image and token
 /// budget, waits at most <see cref="QueueOptions.GatherWindow"/> for more, and runs them as one batch. The oldest job
 /// always runs next, so a job is overtaken only by batch-mates of jobs ahead of it: no starvation across sizes.
-/// Seeds are per image, so batching does not change images. A job cancelled while queued leaves the queue at once; while
+/// Seeds are per image, so batching does not change images. A request's LoRA adapters are resolved and loaded by
+/// <see cref="LoraLibrary"/> (off the engine thread) before it is queued, and held until it ends; they do not change
+/// the batch key: rows of one batch each run their own adapters. A job cancelled while queued leaves the queue at once; while
 /// running, the pipeline drops it between steps. Which jobs form a batch is <see cref="BatchPolicy"/> (pure); running one
 /// and completing its jobs is <see cref="BatchRunner"/>; loading the models is <see cref="ServedModel.LoadAll"/>.
 /// </summary>
