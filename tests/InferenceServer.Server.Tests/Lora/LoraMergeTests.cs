@@ -29,14 +29,22 @@ public sealed class LoraMergeTests(ITestOutputHelper output)
     public async Task A_merged_adapter_gives_the_image_of_the_same_adapter_applied_per_request()
     {
         byte[] merged;
-        await using (var server = await RunningServer.StartAsync(o => { o.Lora.Directory = TestLoras.Dir; o.Lora.Merge = ["style:0.5"]; }))
+        // Two families served: the FLUX.2 adapter goes into the FLUX.2 model only.
+        await using (var server = await RunningServer.StartAsync(o =>
+        {
+            o.Models = [$"tiny={TinyModel.Folder}", $"zimage={TinyModel.ZImageFolder}"];
+            o.ModelName = null;
+            o.Lora.Directory = TestLoras.Dir;
+            o.Lora.Merge = ["style:0.5"];
+        }))
         {
             using var client = new InferenceClient(server.GrpcAddress);
             merged = await Image(client, Request());
-            var model = Assert.Single(await client.ListModelsAsync());
-            Assert.Equal(["style:0.5"], model.MergedLoras);
+            var models = await client.ListModelsAsync();
+            Assert.Equal(["style:0.5"], models.Single(m => m.Name == "tiny").MergedLoras);
+            Assert.Empty(models.Single(m => m.Name == "zimage").MergedLoras);
             using var http = NewHttp(server);
-            var httpModel = Assert.Single((await Body(await http.GetAsync("v1/models"))).GetProperty("data").EnumerateArray());
+            var httpModel = (await Body(await http.GetAsync("v1/models"))).GetProperty("data").EnumerateArray().Single(m => m.GetProperty("id").GetString() == "tiny");
             Assert.Equal(["style:0.5"], httpModel.GetProperty("merged_loras").EnumerateArray().Select(m => m.GetString()));
         }
 
