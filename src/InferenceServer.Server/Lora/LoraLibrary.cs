@@ -8,9 +8,6 @@ using Microsoft.Extensions.Options;
 
 namespace InferenceServer.Server.Lora;
 
-/// <summary>An adapter a request names: a name in the adapter folder and its scale.</summary>
-public sealed record RequestedLora(string Name, double Scale = 1.0);
-
 /// <summary>
 /// The adapters of the folder (<see cref="LoraOptions.Directory"/>) as requests use them. An adapter is loaded once per
 /// served model (its deltas live in that model's dtype and device), on a pool thread, never the engine's; requests that
@@ -44,9 +41,9 @@ public sealed class LoraLibrary : IDisposable
     public long LoadedBytes { get { lock (gate) return bytes; } }
 
     /// <summary>
-    /// Resolves and loads <paramref name="requested"/> for <paramref name="model"/>. Every name is checked before anything
-    /// loads: INVALID_ARGUMENT naming <c>loras</c> for too many adapters, a name that is not a plain file name, an unknown
-    /// name, or a file the loader refuses (its message). Dispose the lease when the job has ended.
+    /// Resolves and loads <paramref name="requested"/> for <paramref name="model"/>: INVALID_ARGUMENT naming <c>loras</c> for
+    /// too many adapters, a name that is not a plain file name or an unknown name (all checked before anything loads), or a
+    /// file the loader refuses (its message). Dispose the lease when the job has ended.
     /// </summary>
     public async Task<LoraLease> AcquireAsync(ServedModel model, IReadOnlyList<RequestedLora> requested, CancellationToken cancellationToken)
     {
@@ -58,7 +55,7 @@ public sealed class LoraLibrary : IDisposable
         var lease = new LoraLease(this);
         try
         {
-            for (int i = 0; i < files.Count; i++) lease.Hold(Reserve(model, files[i].Name, files[i].Path));
+            for (int i = 0; i < files.Count; i++) lease.Hold(Reserve(model, files[i].Name, files[i].Path, i));
             var uses = new List<LoraUse>(files.Count);
             for (int i = 0; i < files.Count; i++)
             {
@@ -107,10 +104,15 @@ public sealed class LoraLibrary : IDisposable
     }
 
     /// <summary>The cached entry of (model, name) for the file as it is now, or a new one whose load starts now; held once more.</summary>
-    Entry Reserve(ServedModel model, string name, string path)
+    Entry Reserve(ServedModel model, string name, string path, int index)
     {
-        var info = new FileInfo(path);
-        var stamp = (info.Length, info.LastWriteTimeUtc);
+        (long, DateTime) stamp;
+        try
+        {
+            var info = new FileInfo(path);
+            stamp = (info.Length, info.LastWriteTimeUtc);
+        }
+        catch (IOException) { throw ServiceException.Invalid("loras", $"loras[{index}].name: unknown adapter '{name}' (its file just went away)"); }
         lock (gate)
         {
             ObjectDisposedException.ThrowIf(disposed, this);
@@ -245,39 +247,3 @@ public sealed class LoraLibrary : IDisposable
         public bool Done { get; set; }
     }
 }
-
-/// <summary>
-/// The adapters one request holds, as <see cref="LoraUse"/>s for its <c>GenerationRequest.Loras</c>. Disposing it (once
-/// the job ended, whatever the outcome) lets the library evict them again.
-/// </summary>
-public sealed class LoraLease : IDisposable
-{
-    public static readonly LoraLease None = new(null);
-
-    readonly LoraLibrary? library;
-    readonly List<LoraLibrary.Entry> entries = [];
-    int released;
-
-    internal LoraLease(LoraLibrary? library) => this.library = library;
-
-    public IReadOnlyList<LoraUse> Uses { get; internal set; } = [];
-    internal IReadOnlyList<LoraLibrary.Entry> Entries => entries;
-
-    internal void Hold(LoraLibrary.Entry entry) => entries.Add(entry);
-
-    public void Dispose()
-    {
-        if (library is null || Interlocked.Exchange(ref released, 1) == 1) return;
-        foreach (var e in entries) library.Release(e);
-    }
-}
-
-/// <summary>What a loaded adapter is on one model (a copy of its report: safe to read after the adapter is disposed).</summary>
-public sealed record LoadedLoraReport(string Model, string Format, int Modules, IReadOnlyList<long> Ranks, IReadOnlyList<double> Alphas,
-    int Targets, long Bytes, string Summary);
-
-/// <summary>An adapter of the folder: its name, file size, and the models it is loaded for now.</summary>
-public sealed record LoraListEntry(string Name, long FileBytes, IReadOnlyList<LoadedLoraReport> Loaded);
-
-/// <summary>The folder's adapters plus the cache's state and the per-request limit (gRPC ListLoras, GET /v1/loras).</summary>
-public sealed record LoraListing(IReadOnlyList<LoraListEntry> Adapters, long LoadedBytes, long BudgetBytes, int MaxPerRequest);

@@ -75,6 +75,28 @@ public sealed class LoraCacheTests
         Assert.Empty(await Loaded(client));
     }
 
+    [Fact]
+    public async Task A_file_replaced_on_disk_is_loaded_again_on_its_next_use()
+    {
+        string dir = Directory.CreateTempSubdirectory("server-loras-swap-").FullName;
+        try
+        {
+            File.Copy(TestLoras.PathOf("style"), Path.Combine(dir, "swap.safetensors"));
+            File.Copy(TestLoras.PathOf("other"), Path.Combine(dir, "other.safetensors"));
+            await using var server = await RunningServer.StartAsync(o => o.Lora.Directory = dir);
+            using var client = new InferenceClient(server.GrpcAddress);
+            var style = (await client.GenerateAsync(Request("swap"))).Images[0].Data;
+            var other = (await client.GenerateAsync(Request("other"))).Images[0].Data;
+            Assert.NotEqual(style, other);
+
+            File.Copy(TestLoras.PathOf("other"), Path.Combine(dir, "swap.safetensors"), overwrite: true);
+            File.SetLastWriteTimeUtc(Path.Combine(dir, "swap.safetensors"), DateTime.UtcNow.AddMinutes(1));   // a new stamp even within the clock's resolution
+            Assert.Equal(other, (await client.GenerateAsync(Request("swap"))).Images[0].Data);
+            Assert.Equal((3.0, 0.0, 2.0 * TestLoras.LoadedBytes("other")), await Metrics(server));   // the old copy was dropped, not evicted
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
     /// <summary>The scheduler with "held-1" blocked on the engine thread at its first step until "held-2" is queued.</summary>
     sealed class GatedGenerator(ImageScheduler inner, ManualResetEventSlim gate) : IImageGenerator
     {
