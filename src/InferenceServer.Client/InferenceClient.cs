@@ -36,6 +36,7 @@ public sealed record InferenceClientOptions
 /// <example><code>
 /// using var client = new InferenceClient(new Uri("http://localhost:50051"), apiKey: "secret");
 /// var response = await client.GenerateAsync(new GenerateRequest { Prompt = "a red fox", Width = 1024, Height = 768 });
+/// // With adapters of the server's --lora-dir: new GenerateRequest { ..., Loras = { new LoraRef { Name = "watercolor", Scale = 0.8 } } }
 /// File.WriteAllBytes("fox.png", response.Images[0].Data.ToByteArray());
 /// </code></example>
 public sealed class InferenceClient : IDisposable
@@ -122,6 +123,10 @@ public sealed class InferenceClient : IDisposable
 
     public async Task<IReadOnlyList<ModelInfo>> ListModelsAsync(CancellationToken cancellationToken = default) =>
         (await Images.ListModelsAsync(new ListModelsRequest(), Options(null, cancellationToken)).ResponseAsync.ConfigureAwait(false)).Models;
+
+    /// <summary>The adapters of the server's LoRA folder (what <c>GenerateRequest.loras</c> may name), what is loaded of each, the cache and the per-request limit.</summary>
+    public async Task<ListLorasResponse> ListLorasAsync(CancellationToken cancellationToken = default) =>
+        await Images.ListLorasAsync(new ListLorasRequest(), Options(null, cancellationToken)).ResponseAsync.ConfigureAwait(false);
 
     /// <summary>grpc.health.v1 Check: SERVING once the model is loaded and warm, NOT_SERVING while loading or draining.</summary>
     /// <param name="service">"" for the whole server, or "inference.v1.ImageService".</param>

@@ -17,6 +17,7 @@ public static class CommandLine
         yield return InspectCommand.Create();
         yield return RandomCheckpointCommand.Create();
         yield return QuantizeCommand.Create();
+        yield return RandomLoraCommand.Create();
         yield return GenerateCommand.Create("generate");
         yield return GenerateCommand.Create("edit");
         yield return ServeCommand.Create();

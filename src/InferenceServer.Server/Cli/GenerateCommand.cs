@@ -1,9 +1,11 @@
 using System.CommandLine;
 using System.Globalization;
 using InferenceServer.Models;
+using InferenceServer.Models.Lora;
 using InferenceServer.Models.Runtime;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
+using InferenceServer.Server.Lora;
 using Spectre.Console;
 using static TorchSharp.torch;
 
@@ -11,7 +13,8 @@ namespace InferenceServer.Server.Cli;
 
 /// <summary>
 /// <c>inference-server generate --model DIR --prompt TEXT [--image FILE]... [--size WxH|W:H|auto | --aspect-ratio R --resolution T]
-/// [--n K] [--seed S] [--steps N] [--guidance G] [--format png|jpeg|webp|avif] [--quality Q] [--dtype bf16|fp32|fp8|int8] [--device auto|cpu|cuda] --out FILE</c>;
+/// [--n K] [--seed S] [--steps N] [--guidance G] [--format png|jpeg|webp|avif] [--quality Q] [--dtype bf16|fp32|fp8|int8] [--device auto|cpu|cuda]
+/// [--lora NAME_OR_FILE[:SCALE]]... [--lora-dir DIR] --out FILE</c>;
 /// <c>edit</c> is the same verb and requires at least one <c>--image</c>. With n &gt; 1 the files are FILE-0.ext, FILE-1.ext, ...
 /// A progress bar per step, then the stage timings. Bad input: exit code 2 and one line on stderr.
 /// </summary>
@@ -36,9 +39,11 @@ internal static class GenerateCommand
         dtype.AcceptOnlyFromAmong(WeightsChoice.Names);
         var device = new Option<string>("--device") { Description = "auto (CUDA when libtorch has it and sees a GPU), cpu, cuda or cuda:N", DefaultValueFactory = _ => "auto" };
         var repeat = new Option<int>("--repeat") { Description = "Run the request this many times in one process (timings of each; repeats hit the prompt cache)", DefaultValueFactory = _ => 1 };
+        var lora = new Option<string[]>("--lora") { Description = "LoRA adapter: a .safetensors file or a name in --lora-dir, with an optional :SCALE (default 1); repeat for several", AllowMultipleArgumentsPerToken = false };
+        var loraDir = new Option<string?>("--lora-dir") { Description = "Folder where --lora names are looked up (NAME.safetensors)" };
         var outFile = new Option<string>("--out") { Description = "Output file (n > 1: FILE-0.ext, FILE-1.ext, ...)", Required = true };
         var command = new Command(name, edit ? "Edit: generate from a prompt and one or more reference images" : "Generate images from a prompt (and optional reference images)")
-            { model, prompt, image, size, aspect, resolution, n, seed, steps, guidance, format, quality, dtype, device, repeat, outFile };
+            { model, prompt, image, size, aspect, resolution, n, seed, steps, guidance, format, quality, dtype, device, repeat, lora, loraDir, outFile };
         command.SetAction(r =>
         {
             var err = r.InvocationConfiguration.Error;
@@ -60,7 +65,10 @@ internal static class GenerateCommand
                     Format = fmt,
                     Quality = r.GetValue(quality),
                 };
-                return Run(r.GetValue(model)!, request, r.GetValue(dtype)!, r.GetValue(device)!, r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
+                // Files are found before the model loads, so a wrong name fails at once.
+                var dir = r.GetValue(loraDir);
+                var adapters = (r.GetValue(lora) ?? []).Select(LoraSpec.Parse).Select(l => (Path: l.Resolve(dir), l.Scale)).ToList();
+                return Run(r.GetValue(model)!, request, adapters, r.GetValue(dtype)!, r.GetValue(device)!, r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
             }
             catch (Exception e) when (e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or ImageDecodeException)
             {
@@ -75,7 +83,7 @@ internal static class GenerateCommand
     internal static string OutputPath(string file, int i, int n) =>
         n == 1 ? file : Path.Combine(Path.GetDirectoryName(file) ?? "", $"{Path.GetFileNameWithoutExtension(file)}-{i}{Path.GetExtension(file)}");
 
-    static int Run(string modelDir, GenerationRequest request, string weights, string deviceName, string outFile, int repeat)
+    static int Run(string modelDir, GenerationRequest request, IReadOnlyList<(string Path, double Scale)> loras, string weights, string deviceName, string outFile, int repeat)
     {
         TorchRuntime.EnsureInitialized();
         var device = ComputeDevice.Resolve(deviceName);
@@ -84,6 +92,25 @@ internal static class GenerateCommand
         using var pipeline = new GenerationPipeline(ModelFamilies.Load(modelDir, new ModelLoadOptions(dtype, quantization) { Device = device }));
         foreach (var line in pipeline.Backend.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));
         AnsiConsole.MarkupLine($"loaded in {load.Elapsed.TotalSeconds:F1} s");
+        var adapters = new List<LoraAdapter>();
+        try
+        {
+            foreach (var (path, _) in loras)
+            {
+                adapters.Add(pipeline.LoadAdapter(path));
+                AnsiConsole.MarkupLine($"LoRA {Markup.Escape(adapters[^1].ToString())}");
+            }
+            request = request with { Loras = adapters.Select((a, i) => new LoraUse(a, loras[i].Scale)).ToList() };
+            return Generate(pipeline, request, device, outFile, repeat);
+        }
+        finally
+        {
+            foreach (var a in adapters) a.Dispose();
+        }
+    }
+
+    static int Generate(GenerationPipeline pipeline, GenerationRequest request, Device device, string outFile, int repeat)
+    {
         if (ComputeDevice.IsCuda(device)) AnsiConsole.MarkupLine($"warm-up on {device}: {pipeline.WarmUp():F0} ms");
         for (int run = 0; run < repeat; run++)
         {

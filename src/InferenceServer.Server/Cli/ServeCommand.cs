@@ -4,7 +4,7 @@ using InferenceServer.Server.Hosting;
 namespace InferenceServer.Server.Cli;
 
 /// <summary>
-/// <c>inference-server serve [--model [NAME=]DIR]... [--http-port 8080] [--grpc-port 50051] ...</c>: the gRPC + OpenAI-compatible HTTP
+/// <c>inference-server serve [--model [NAME=]DIR]... [--http-port 8080] [--grpc-port 50051] [--lora-dir DIR] [--lora-merge NAME[:SCALE]]... ...</c>: the gRPC + OpenAI-compatible HTTP
 /// server. Every option is also configuration (appsettings.json next to the binary, environment <c>InferenceServer__HttpPort</c>);
 /// an option given here wins. Without <c>--model</c> it serves the embedded tiny random-weight model (noise images).
 /// SIGTERM / Ctrl+C: stop admitting, finish every in-flight request, exit.
@@ -22,8 +22,12 @@ internal static class ServeCommand
         var apiKey = new Option<string[]>("--api-key") { Description = "Accepted API key (repeat for several); none: no auth" };
         var maxQueue = new Option<int?>("--max-queue") { Description = "Requests waiting before 429 / RESOURCE_EXHAUSTED (default 64)" };
         var maxBatch = new Option<int?>("--max-batch") { Description = "Images per engine batch (default 4)" };
+        var loraDir = new Option<string?>("--lora-dir") { Description = "Folder of LoRA adapters (*.safetensors) requests may name, by file name without the extension" };
+        var loraMerge = new Option<string[]>("--lora-merge") { Description = "NAME[:SCALE] (a name in --lora-dir or a .safetensors path): merged into the weights of every served model it fits, at load; repeatable" };
+        var loraCache = new Option<long?>("--lora-cache-bytes") { Description = "Bytes of loaded adapters kept for later requests (default 2 GiB; least recently used dropped first)" };
+        var maxLoras = new Option<int?>("--max-loras") { Description = "Adapters one request may name (default 4)" };
         var command = new Command("serve", "Serve gRPC (inference.v1.ImageService) and the OpenAI-compatible HTTP API")
-            { model, name, httpPort, grpcPort, bind, dtype, apiKey, maxQueue, maxBatch };
+            { model, name, httpPort, grpcPort, bind, dtype, apiKey, maxQueue, maxBatch, loraDir, loraMerge, loraCache, maxLoras };
         command.SetAction(async (r, ct) =>
         {
             var app = ServerHost.Build([], o =>
@@ -37,6 +41,10 @@ internal static class ServeCommand
                 if (r.GetValue(apiKey) is { Length: > 0 } keys) o.ApiKeys = [.. keys];
                 if (r.GetValue(maxQueue) is { } q) o.Queue.MaxQueued = q;
                 if (r.GetValue(maxBatch) is { } mb) o.Queue.MaxBatchImages = mb;
+                if (r.GetValue(loraDir) is { } ld) o.Lora.Directory = ld;
+                if (r.GetValue(loraMerge) is { Length: > 0 } merge) o.Lora.Merge = [.. merge];
+                if (r.GetValue(loraCache) is { } lc) o.Lora.CacheBytes = lc;
+                if (r.GetValue(maxLoras) is { } ml) o.Lora.MaxPerRequest = ml;
             });
             await app.RunAsync();
             return 0;

@@ -7,7 +7,10 @@ public sealed record ImageJobRequest
 {
     /// <summary>Null or empty: the default model.</summary>
     public string? Model { get; init; }
+    /// <summary>The request minus its adapters: the scheduler fills <see cref="GenerationRequest.Loras"/> from <see cref="Loras"/>.</summary>
     public required GenerationRequest Generation { get; init; }
+    /// <summary>Adapters by name in the server's adapter folder, resolved (and loaded when needed) before the job is queued.</summary>
+    public IReadOnlyList<Lora.RequestedLora> Loras { get; init; } = [];
     /// <summary>Logged and echoed; made by the front end when the client sent none.</summary>
     public required string RequestId { get; init; }
     /// <summary>Deadline relative to admission (gRPC deadline, HTTP timeout header); null: the server default.</summary>
@@ -32,8 +35,10 @@ public sealed record JobResult(GenerationResult Generation, string Model, string
     int BatchRequests, int BatchImages);
 
 /// <summary>What a served model looks like to clients (gRPC ListModels, GET /v1/models).</summary>
+/// <param name="MaxLoras">Adapters one request may name.</param>
+/// <param name="MergedLoras">Adapters merged into the weights at load ("name" or "name:scale"), in merge order.</param>
 public sealed record ModelDescriptor(string Name, string Family, int DefaultSteps, int MaxReferences, string LoadedDType, string Device,
-    bool IsDefault, bool Ready, DateTimeOffset Created);
+    bool IsDefault, bool Ready, DateTimeOffset Created, int MaxLoras, IReadOnlyList<string> MergedLoras);
 
 /// <summary>
 /// The one entry point of both front ends. Validation happens here once (field errors as <see cref="ServiceException"/>

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Server.Hosting;
+using InferenceServer.Server.Lora;
 using InferenceServer.Server.Observability;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -15,7 +16,9 @@ namespace InferenceServer.Server.Engine;
 /// <see cref="BatchKey"/>: size, steps, guidance, reference shapes) from anywhere in the queue up to the image and token
 /// budget, waits at most <see cref="QueueOptions.GatherWindow"/> for more, and runs them as one batch. The oldest job
 /// always runs next, so a job is overtaken only by batch-mates of jobs ahead of it: no starvation across sizes.
-/// Seeds are per image, so batching does not change images. A job cancelled while queued leaves the queue at once; while
+/// Seeds are per image, so batching does not change images. A request's LoRA adapters are resolved and loaded by
+/// <see cref="LoraLibrary"/> (off the engine thread) before it is queued, and held until it ends; they do not change
+/// the batch key: rows of one batch each run their own adapters. A job cancelled while queued leaves the queue at once; while
 /// running, the pipeline drops it between steps. Which jobs form a batch is <see cref="BatchPolicy"/> (pure); running one
 /// and completing its jobs is <see cref="BatchRunner"/>; loading the models is <see cref="ServedModel.LoadAll"/>.
 /// </summary>
@@ -25,6 +28,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     readonly ILogger<ImageScheduler> log;
     readonly ServerMetrics metrics;
     readonly BatchRunner runner;
+    readonly LoraLibrary loras;
     readonly Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>> loadModels;
     readonly LinkedList<Job> queue = new();
     readonly object gate = new();
@@ -37,12 +41,13 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     int disposed;
     int lastBatchRequests, arrivedDuringBatch;   // under gate: is there concurrent load worth a gathering window?
 
-    public ImageScheduler(IOptions<ServerOptions> options, ILogger<ImageScheduler> log, ServerMetrics metrics,
+    public ImageScheduler(IOptions<ServerOptions> options, ILogger<ImageScheduler> log, ServerMetrics metrics, LoraLibrary loras,
         Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>>? loadModels = null)
     {
         this.options = options.Value;
         this.log = log;
         this.metrics = metrics;
+        this.loras = loras;
         this.loadModels = loadModels ?? DefaultLoad;
         runner = new BatchRunner(log, metrics, this.options.Queue.RetryAfter);
     }
@@ -104,8 +109,10 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
             throw new ServiceException(ErrorKind.Unavailable, loaded.Task.IsFaulted ? "the model failed to load" : "the model is still loading", retryAfter: TimeSpan.FromSeconds(5));
         var model = FindModel(request.Model);
         Validate(request);
+        // Held until this method returns: by then the job has ended (completed, failed, cancelled or never queued).
+        using var lease = await AcquireLoras(model, request, cancellationToken).ConfigureAwait(false);
         PreparedRequest prepared;
-        try { prepared = model.Pipeline.Prepare(request.Generation); }
+        try { prepared = model.Pipeline.Prepare(lease.Uses.Count == 0 ? request.Generation : request.Generation with { Loras = lease.Uses }); }
         catch (RequestException e) { throw ServiceException.FromRequest(e); }
 
         // A deadline already past fires at once; anything beyond a day (incl. "infinite" gRPC deadlines) is a day.
@@ -149,6 +156,20 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         {
             linked.Dispose();
             deadline.Dispose();
+        }
+    }
+
+    /// <summary>The request's adapters, loaded off the engine thread (a load in progress is shared with other requests).</summary>
+    async Task<LoraLease> AcquireLoras(ServedModel model, ImageJobRequest request, CancellationToken cancellationToken)
+    {
+        try { return await loras.AcquireAsync(model, request.Loras, cancellationToken).ConfigureAwait(false); }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw new ServiceException(ErrorKind.Cancelled, "the request was cancelled by the client while its adapters loaded");
+        }
+        catch (ObjectDisposedException)
+        {
+            throw new ServiceException(ErrorKind.Unavailable, "the server is shutting down", retryAfter: options.Queue.RetryAfter);
         }
     }
 

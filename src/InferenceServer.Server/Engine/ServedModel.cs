@@ -1,10 +1,12 @@
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
+using InferenceServer.Models.Lora;
 using InferenceServer.Models.Qwen3;
 using InferenceServer.Models.Runtime;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Hosting;
+using InferenceServer.Server.Lora;
 using static TorchSharp.torch;
 
 namespace InferenceServer.Server.Engine;
@@ -18,13 +20,40 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
     public ModelDescriptor Describe()
     {
         var b = Pipeline.Backend;
-        return new(Name, b.Family, b.Sampling.DefaultSteps, b.AcceptsReferences ? Pipeline.Options.MaxReferences : 0, b.WeightFormat, device, isDefault, Ready, created);
+        return new(Name, b.Family, b.Sampling.DefaultSteps, b.AcceptsReferences ? Pipeline.Options.MaxReferences : 0, b.WeightFormat, device, isDefault, Ready, created,
+            Pipeline.Options.MaxLorasPerRequest, merged.ToList());
     }
     readonly DateTimeOffset created = DateTimeOffset.UtcNow;
+    readonly List<string> merged = [];
+
+    /// <summary>
+    /// Merges the adapter file into this model's transformer weights at <paramref name="scale"/> (before the model serves);
+    /// false, with the loader's reason, when the adapter does not fit this model's layers.
+    /// </summary>
+    public bool TryMerge(string path, string name, double scale, Action<string>? log, out string? refusal)
+    {
+        LoraAdapter adapter;
+        try { adapter = Pipeline.LoadAdapter(path, name); }
+        catch (InvalidDataException e)
+        {
+            refusal = e.Message;
+            return false;
+        }
+        using (adapter)
+        {
+            Pipeline.Backend.Lora.Merge(adapter, scale);
+            log?.Invoke($"{Name}: merged into the weights at scale {scale:0.###}: {adapter}");
+        }
+        merged.Add(LoraSpec.Describe(name, scale));
+        refusal = null;
+        return true;
+    }
 
     /// <summary>The server's limits as the pipeline's one limits record.</summary>
-    public static PipelineOptions PipelineOptionsFor(LimitOptions l) => new()
+    public static PipelineOptions PipelineOptionsFor(LimitOptions l, LoraOptions? lora = null) => new()
     {
+        MaxLorasPerRequest = (lora ?? new()).MaxPerRequest,
+        MaxLoraScale = (lora ?? new()).MaxScale,
         MaxReferences = l.MaxReferences,
         MaxImages = l.MaxImages,
         MaxSteps = l.MaxSteps,
@@ -41,7 +70,7 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
         var device = ComputeDevice.Resolve(options.Device);
         var backend = ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization) { Device = device, SharedTextEncoders = shared });
         foreach (var line in backend.LoadReport) log?.Invoke(line);
-        var pipeline = new GenerationPipeline(backend, PipelineOptionsFor(options.Limits));
+        var pipeline = new GenerationPipeline(backend, PipelineOptionsFor(options.Limits, options.Lora));
         return new ServedModel(name ?? backend.CardName, pipeline, device.ToString(), isDefault);
     }
 
@@ -62,6 +91,7 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
         try
         {
             foreach (var (n, dir) in specs) loaded.Add(Load(dir, n, o, isDefault: loaded.Count == 0, log, shared));
+            foreach (var spec in o.Lora.Merge) MergeIntoAll(loaded, LoraSpec.Parse(spec), o.Lora.Directory, log);
             return loaded;
         }
         catch
@@ -69,6 +99,24 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
             foreach (var m in loaded) m.Dispose();
             throw;
         }
+    }
+
+    /// <summary><c>--lora-merge NAME[:SCALE]</c>: into every model the adapter fits; an adapter that fits none stops the start.</summary>
+    static void MergeIntoAll(IReadOnlyList<ServedModel> models, LoraSpec spec, string? directory, Action<string>? log)
+    {
+        string path;
+        try { path = spec.Resolve(directory); }
+        catch (Exception e) when (e is ArgumentException or FileNotFoundException) { throw new ArgumentException($"--lora-merge: {e.Message}", e); }
+        string name = Path.GetFileNameWithoutExtension(path);
+        var refusals = new List<string>();
+        int fitted = 0;
+        foreach (var m in models)
+        {
+            if (m.TryMerge(path, name, spec.Scale, log, out var refusal)) fitted++;
+            else refusals.Add($"{m.Name}: {refusal}");
+        }
+        if (fitted == 0)
+            throw new InvalidDataException($"--lora-merge {LoraSpec.Describe(spec.NameOrFile, spec.Scale)}: the adapter fits none of the served models ({string.Join("; ", refusals)})");
     }
 
     /// <summary>"NAME=DIR" or "DIR" (named after the folder).</summary>

@@ -6,6 +6,7 @@ using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
+using InferenceServer.Server.Lora;
 using Microsoft.Extensions.Options;
 
 namespace InferenceServer.Server.Grpc;
@@ -15,7 +16,7 @@ namespace InferenceServer.Server.Grpc;
 /// Validation is the scheduler's; errors are <see cref="ServiceException"/>s that <see cref="GrpcErrorInterceptor"/> answers.
 /// The call's deadline becomes the job's timeout and the call's token (client cancel or disconnect) the job's token.
 /// </summary>
-public sealed class ImageGrpcService(IImageGenerator generator, IOptions<ServerOptions> options) : ImageService.ImageServiceBase
+public sealed class ImageGrpcService(IImageGenerator generator, LoraLibrary loras, IOptions<ServerOptions> options) : ImageService.ImageServiceBase
 {
     /// <summary>Key of the request id in <see cref="ServerCallContext.UserState"/>, for the interceptor's logs and errors.</summary>
     internal const string RequestIdKey = "request-id";
@@ -56,7 +57,29 @@ public sealed class ImageGrpcService(IImageGenerator generator, IOptions<ServerO
             {
                 Name = m.Name, Family = m.Family, DefaultSteps = (uint)m.DefaultSteps, MaxReferences = (uint)m.MaxReferences,
                 LoadedDtype = m.LoadedDType, IsDefault = m.IsDefault, Device = m.Device, Ready = m.Ready,
+                MaxLoras = (uint)m.MaxLoras, MergedLoras = { m.MergedLoras },
             });
+        return Task.FromResult(response);
+    }
+
+    public override Task<ListLorasResponse> ListLoras(ListLorasRequest request, ServerCallContext context)
+    {
+        var listing = loras.List();
+        var response = new ListLorasResponse
+        {
+            LoadedBytes = (ulong)listing.LoadedBytes, CacheBudgetBytes = (ulong)Math.Max(0, listing.BudgetBytes), MaxLorasPerRequest = (uint)listing.MaxPerRequest,
+        };
+        foreach (var a in listing.Adapters)
+        {
+            var info = new LoraInfo { Name = a.Name, FileBytes = (ulong)a.FileBytes };
+            foreach (var l in a.Loaded)
+                info.Loaded.Add(new LoadedLora
+                {
+                    Model = l.Model, Format = l.Format, Modules = (uint)l.Modules, Ranks = { l.Ranks.Select(r => (uint)r) }, Alphas = { l.Alphas },
+                    Targets = (uint)l.Targets, Bytes = (ulong)l.Bytes, Summary = l.Summary,
+                });
+            response.Loras.Add(info);
+        }
         return Task.FromResult(response);
     }
 
@@ -105,6 +128,7 @@ public sealed class ImageGrpcService(IImageGenerator generator, IOptions<ServerO
             Timeout = timeout,
             PreviewEvery = (int)Math.Min(r.PreviewEvery, int.MaxValue),
             Origin = "grpc",
+            Loras = r.Loras.Select(l => new RequestedLora(l.Name, l.HasScale ? l.Scale : 1.0)).ToList(),
             Generation = new GenerationRequest
             {
                 Prompt = r.Prompt,

@@ -3,6 +3,7 @@ using InferenceServer.Models.Runtime;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Grpc;
 using InferenceServer.Server.Http;
+using InferenceServer.Server.Lora;
 using InferenceServer.Server.Observability;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -46,6 +47,7 @@ public static class ServerHost
         builder.Logging.AddSimpleConsole(c => { c.IncludeScopes = true; c.SingleLine = true; c.TimestampFormat = "HH:mm:ss.fff "; });
 
         builder.Services.AddSingleton<ServerMetrics>();
+        builder.Services.AddSingleton<LoraLibrary>();
         builder.Services.AddSingleton<ImageScheduler>();
         builder.Services.AddSingleton<IImageGenerator>(s => s.GetRequiredService<ImageScheduler>());
         builder.Services.AddHostedService(s => s.GetRequiredService<ImageScheduler>());

@@ -36,6 +36,7 @@ public sealed class ServerOptions
     public QueueOptions Queue { get; set; } = new();
     public LimitOptions Limits { get; set; } = new();
     public FileStoreOptions Files { get; set; } = new();
+    public LoraOptions Lora { get; set; } = new();
 
     /// <summary>How long SIGTERM waits for in-flight requests before exiting anyway.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromMinutes(2);
@@ -82,4 +83,23 @@ public sealed class FileStoreOptions
     public long MaxBytes { get; set; } = 1L << 30;
     /// <summary>Base of the returned urls (e.g. https://images.example.com); null: the request's own scheme and host.</summary>
     public string? PublicBaseUrl { get; set; }
+}
+
+/// <summary>LoRA adapters: where they are found, how many a request may name, how many bytes of them stay loaded, which are merged.</summary>
+public sealed class LoraOptions
+{
+    /// <summary>Folder of adapter files (<c>*.safetensors</c>, not searched recursively); a request names one by its file name without the extension. Null: requests can name none.</summary>
+    public string? Directory { get; set; }
+    /// <summary>Bytes of loaded adapters (all served models together) kept for later requests; the least recently used beyond it are dropped once no request holds them.</summary>
+    public long CacheBytes { get; set; } = 2L << 30;
+    /// <summary>Adapters one request may name (the pipeline's <c>MaxLorasPerRequest</c>).</summary>
+    public int MaxPerRequest { get; set; } = 4;
+    /// <summary>Bound of a request's |scale| (the pipeline's <c>MaxLoraScale</c>).</summary>
+    public double MaxScale { get; set; } = 16;
+    /// <summary>
+    /// Adapters merged into the weights when the models load, as <c>NAME[:SCALE]</c> (a name in <see cref="Directory"/> or a
+    /// path to a .safetensors file; scale 1 when absent): each goes into every served model whose layers it fits, and the
+    /// server refuses to start when one fits none.
+    /// </summary>
+    public List<string> Merge { get; set; } = [];
 }

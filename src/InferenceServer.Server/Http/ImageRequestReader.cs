@@ -4,6 +4,7 @@ using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
+using InferenceServer.Server.Lora;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 
@@ -20,7 +21,8 @@ public sealed record ImagesRequest(ImageJobRequest Job, ResponseFormat ResponseF
 /// <see cref="ImageJobRequest"/>. Fields: OpenAI's (prompt, model, n, size, response_format, output_format,
 /// output_compression; quality, style, user, background, moderation, input_fidelity, mask accepted and ignored) plus
 /// Seedream's (aspect_ratio, resolution, seed, sequential_image_generation = <c>disabled</c>, watermark ignored) and
-/// ours (steps, guidance). Unknown fields are ignored; a field of the wrong type is a 400 naming it.
+/// ours (steps, guidance, <c>loras</c>: <c>[{"name": "...", "scale": 0.8}]</c>, in multipart a text field holding that JSON
+/// array). Unknown fields are ignored; a field of the wrong type is a 400 naming it.
 /// References: multipart files <c>image</c> / <c>image[]</c> (repeated), or in JSON <c>image</c> as a base64 string,
 /// a data: URL, or an array of them (Seedream's form). Range checks other than the response's own fields are the
 /// scheduler's (one validation for both front ends).
@@ -124,6 +126,7 @@ public static class ImageRequestReader
         return new ImagesRequest(new ImageJobRequest
         {
             Model = fields.String("model"),
+            Loras = fields.Loras(),
             Generation = generation,
             RequestId = requestId,
             Timeout = Timeout(request),
@@ -155,8 +158,8 @@ public static class ImageRequestReader
         return i < 0 ? message : message[..(i + 1)];
     }
 
-    static ServiceException WrongType(string name, string expected, string got) =>
-        ServiceException.Invalid(name, $"{name}: expected {expected}, got {got}");
+    static ServiceException WrongType(string name, string expected, string got, string? param = null) =>
+        ServiceException.Invalid(param ?? name, $"{name}: expected {expected}, got {got}");
 
     /// <summary>Typed access to request fields; a present field of the wrong type throws a 400 naming it.</summary>
     interface IFields
@@ -165,6 +168,7 @@ public static class ImageRequestReader
         long? Long(string name);
         double? Double(string name);
         bool? Bool(string name);
+        List<RequestedLora> Loras();
 
         int? Int(string name)
         {
@@ -190,6 +194,8 @@ public static class ImageRequestReader
         public bool? Bool(string name) => !Get(name, out var v) ? null
             : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw WrongType(name, "true or false", Describe(v));
 
+        public List<RequestedLora> Loras() => Get("loras", out var v) ? ReadLoras(v) : [];
+
         /// <summary>Seedream's JSON references: <c>image</c> as a string or an array of strings (base64 or data: URLs).</summary>
         public List<byte[]> Images()
         {
@@ -205,7 +211,7 @@ public static class ImageRequestReader
                 : throw WrongType("image", "a base64 string or a data: URL", Describe(item))).ToList();
         }
 
-        static string Describe(JsonElement v) => v.ValueKind switch
+        internal static string Describe(JsonElement v) => v.ValueKind switch
         {
             JsonValueKind.String => $"the string \"{Truncate(v.GetString()!)}\"",
             JsonValueKind.Number => $"the number {v.GetRawText()}",
@@ -216,6 +222,24 @@ public static class ImageRequestReader
         };
 
         static string Truncate(string s) => s.Length <= 40 ? s : s[..40] + "...";
+    }
+
+    /// <summary><c>[{"name": "style", "scale": 0.8}, ...]</c>: a name (string) and an optional scale (number, default 1).</summary>
+    static List<RequestedLora> ReadLoras(JsonElement v)
+    {
+        if (v.ValueKind != JsonValueKind.Array) throw WrongType("loras", "an array of {\"name\", \"scale\"} objects", JsonFields.Describe(v));
+        var result = new List<RequestedLora>();
+        foreach (var (item, i) in v.EnumerateArray().Select((item, i) => (item, i)))
+        {
+            if (item.ValueKind != JsonValueKind.Object) throw WrongType($"loras[{i}]", "an object {\"name\", \"scale\"}", JsonFields.Describe(item), "loras");
+            if (!item.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String)
+                throw ServiceException.Invalid("loras", $"loras[{i}].name: a string naming an adapter is required");
+            double scale = 1.0;
+            if (item.TryGetProperty("scale", out var s) && s.ValueKind != JsonValueKind.Null)
+                scale = s.ValueKind == JsonValueKind.Number ? s.GetDouble() : throw WrongType($"loras[{i}].scale", "a number", JsonFields.Describe(s), "loras");
+            result.Add(new RequestedLora(name.GetString()!, scale));
+        }
+        return result;
     }
 
     static byte[] DecodeImageString(string text, int index)
@@ -246,5 +270,15 @@ public static class ImageRequestReader
 
         public bool? Bool(string name) => String(name) is not { } s ? null
             : bool.TryParse(s.Trim(), out bool b) ? b : throw WrongType(name, "true or false", $"'{s}'");
+
+        /// <summary>A text field <c>loras</c> holding the JSON array (multipart has no nested fields).</summary>
+        public List<RequestedLora> Loras()
+        {
+            if (String("loras") is not { } text || string.IsNullOrWhiteSpace(text)) return [];
+            JsonDocument doc;
+            try { doc = JsonDocument.Parse(text); }
+            catch (JsonException) { throw WrongType("loras", "a JSON array of {\"name\", \"scale\"} objects", $"'{(text.Length <= 40 ? text : text[..40] + "...")}'"); }
+            using (doc) return ReadLoras(doc.RootElement);
+        }
     }
 }

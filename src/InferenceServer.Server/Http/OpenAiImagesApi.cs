@@ -4,6 +4,7 @@ using System.Text.Json;
 using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
+using InferenceServer.Server.Lora;
 using InferenceServer.Server.Observability;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
@@ -16,7 +17,8 @@ namespace InferenceServer.Server.Http;
 
 /// <summary>
 /// The OpenAI-compatible HTTP API: <c>POST /v1/images/generations</c>, <c>POST /v1/images/edits</c>,
-/// <c>GET /v1/images/files/{id}</c> (url responses), <c>GET /v1/models</c> and <c>GET /v1/models/{id}</c>.
+/// <c>GET /v1/images/files/{id}</c> (url responses), <c>GET /v1/models</c>, <c>GET /v1/models/{id}</c> and
+/// <c>GET /v1/loras</c> (the adapter folder; not an OpenAI route).
 /// <para>The body is OpenAI's (<c>created</c>, <c>data[].url | b64_json</c>, <c>data[].revised_prompt</c>, <c>usage</c>,
 /// <c>size</c>, <c>output_format</c>) plus extras the OpenAI clients ignore: <c>data[].seed</c>, <c>model</c>,
 /// <c>steps</c>, <c>timings</c> (milliseconds: queue, each pipeline stage summed over images, total) and
@@ -31,19 +33,21 @@ public static class OpenAiImagesApi
     {
         var options = app.Services.GetRequiredService<IOptions<ServerOptions>>().Value;
         var api = new Handlers(options, new ImageFileStore(options.Files), app.Services.GetRequiredService<IImageGenerator>(),
-            app.Services.GetRequiredService<ServerMetrics>(), app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("InferenceServer.Http"));
+            app.Services.GetRequiredService<ServerMetrics>(), app.Services.GetRequiredService<LoraLibrary>(),
+            app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("InferenceServer.Http"));
         app.UseMiddleware<OpenAiHttpMiddleware>(options);
         app.MapPost("/v1/images/generations", context => api.Images(context, edit: false));
         app.MapPost("/v1/images/edits", context => api.Images(context, edit: true));
         app.MapGet("/v1/images/files/{id}", (HttpContext context, string id) => api.File(context, id));
         app.MapGet("/v1/models", api.Models);
         app.MapGet("/v1/models/{id}", (HttpContext context, string id) => api.Model(context, id));
+        app.MapGet("/v1/loras", api.Loras);
         app.Map("/v1/{**rest}", context => OpenAiErrors.WriteAsync(context,
             new ServiceException(ErrorKind.NotFound, $"no route {context.Request.Method} {context.Request.Path}")));
         return app;
     }
 
-    sealed class Handlers(ServerOptions options, ImageFileStore files, IImageGenerator generator, ServerMetrics metrics, ILogger log)
+    sealed class Handlers(ServerOptions options, ImageFileStore files, IImageGenerator generator, ServerMetrics metrics, LoraLibrary loras, ILogger log)
     {
         public async Task Images(HttpContext context, bool edit)
         {
@@ -185,6 +189,49 @@ public static class OpenAiImagesApi
             WriteModel(json, model);
         }
 
+        /// <summary><c>{"object": "list", "data": [{"id", "object": "lora", "file_bytes", "loaded": [{"model", "format", ...}]}], "loaded_bytes", "cache_budget_bytes", "max_loras_per_request"}</c>.</summary>
+        public async Task Loras(HttpContext context)
+        {
+            var listing = loras.List();
+            context.Response.ContentType = "application/json";
+            await using var json = new Utf8JsonWriter(context.Response.Body);
+            json.WriteStartObject();
+            json.WriteString("object", "list");
+            json.WriteStartArray("data");
+            foreach (var a in listing.Adapters)
+            {
+                json.WriteStartObject();
+                json.WriteString("id", a.Name);
+                json.WriteString("object", "lora");
+                json.WriteNumber("file_bytes", a.FileBytes);
+                json.WriteStartArray("loaded");
+                foreach (var l in a.Loaded)
+                {
+                    json.WriteStartObject();
+                    json.WriteString("model", l.Model);
+                    json.WriteString("format", l.Format);
+                    json.WriteNumber("modules", l.Modules);
+                    json.WriteStartArray("ranks");
+                    foreach (var r in l.Ranks) json.WriteNumberValue(r);
+                    json.WriteEndArray();
+                    json.WriteStartArray("alphas");
+                    foreach (var al in l.Alphas) json.WriteNumberValue(al);
+                    json.WriteEndArray();
+                    json.WriteNumber("targets", l.Targets);
+                    json.WriteNumber("bytes", l.Bytes);
+                    json.WriteString("summary", l.Summary);
+                    json.WriteEndObject();
+                }
+                json.WriteEndArray();
+                json.WriteEndObject();
+            }
+            json.WriteEndArray();
+            json.WriteNumber("loaded_bytes", listing.LoadedBytes);
+            json.WriteNumber("cache_budget_bytes", listing.BudgetBytes);
+            json.WriteNumber("max_loras_per_request", listing.MaxPerRequest);
+            json.WriteEndObject();
+        }
+
         static void WriteModel(Utf8JsonWriter json, ModelDescriptor m)
         {
             json.WriteStartObject();
@@ -199,6 +246,10 @@ public static class OpenAiImagesApi
             json.WriteString("device", m.Device);
             json.WriteBoolean("default", m.IsDefault);
             json.WriteBoolean("ready", m.Ready);
+            json.WriteNumber("max_loras", m.MaxLoras);
+            json.WriteStartArray("merged_loras");
+            foreach (var merged in m.MergedLoras) json.WriteStringValue(merged);
+            json.WriteEndArray();
             json.WriteEndObject();
         }
     }

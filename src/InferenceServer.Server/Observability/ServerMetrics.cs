@@ -6,7 +6,7 @@ namespace InferenceServer.Server.Observability;
 
 /// <summary>
 /// The Prometheus series served at <c>/metrics</c>: queue depth, batch sizes, per-stage latency, images, errors by code,
-/// process memory (device memory is not exported yet). One instance per server, on its own registry (tests run several servers in one process).
+/// LoRA adapter loads, evictions and loaded bytes, process memory (device memory is not exported yet). One instance per server, on its own registry (tests run several servers in one process).
 /// </summary>
 public sealed class ServerMetrics
 {
@@ -17,6 +17,9 @@ public sealed class ServerMetrics
     readonly Histogram batchRequests, batchImages, stageSeconds, requestSeconds, queueSeconds;
     readonly Counter images, requests, errors;
     readonly Gauge processMemory, managedMemory;
+    readonly Counter loraLoads, loraEvictions;
+    readonly Histogram loraLoadSeconds;
+    readonly Gauge loraBytes;
 
     public ServerMetrics()
     {
@@ -37,6 +40,12 @@ public sealed class ServerMetrics
             new CounterConfiguration { LabelNames = ["origin", "code"] });
         errors = f.CreateCounter("inference_errors_total", "Requests answered with an error, by front end and code.",
             new CounterConfiguration { LabelNames = ["origin", "code"] });
+        loraLoads = f.CreateCounter("inference_lora_loads_total", "LoRA adapter files loaded for a model, by result (ok, refused).",
+            new CounterConfiguration { LabelNames = ["result"] });
+        loraLoadSeconds = f.CreateHistogram("inference_lora_load_seconds", "Time to read and resolve one adapter file.",
+            new HistogramConfiguration { Buckets = LatencyBuckets });
+        loraEvictions = f.CreateCounter("inference_lora_evictions_total", "Loaded adapters dropped to keep within the adapter cache budget.");
+        loraBytes = f.CreateGauge("inference_lora_loaded_bytes", "Bytes of loaded LoRA adapters (cached or held by requests).");
         processMemory = f.CreateGauge("inference_process_resident_bytes", "Resident set size of the server process.");
         managedMemory = f.CreateGauge("inference_managed_heap_bytes", "Managed heap size.");
         Registry.AddBeforeCollectCallback(() =>
@@ -70,6 +79,16 @@ public sealed class ServerMetrics
         if (error) errors.WithLabels(Origin(origin), code).Inc();
         else requestSeconds.WithLabels(Origin(origin)).Observe(seconds);
     }
+
+    public void LoraLoad(bool ok, double seconds)
+    {
+        loraLoads.WithLabels(ok ? "ok" : "refused").Inc();
+        if (ok) loraLoadSeconds.Observe(seconds);
+    }
+
+    public void LoraEvicted() => loraEvictions.Inc();
+
+    public void LoraCacheBytes(long bytes) => loraBytes.Set(bytes);
 
     static string Origin(string origin) => origin is "" ? "other" : origin;
 }

@@ -7,8 +7,16 @@ internal static class Cli
 {
     public static (int Rc, string Err) Invoke(params string[] args)
     {
+        var (rc, _, err) = InvokeWithOutput(args);
+        return (rc, err);
+    }
+
+    /// <summary>Also the verb's own stdout (lines it writes through the invocation's output, not Spectre's console).</summary>
+    public static (int Rc, string Out, string Err) InvokeWithOutput(params string[] args)
+    {
         var err = new StringWriter();
-        int rc = CommandLine.Build().Parse(args).Invoke(new System.CommandLine.InvocationConfiguration { Error = err, Output = new StringWriter() });
-        return (rc, err.ToString());
+        var output = new StringWriter();
+        int rc = CommandLine.Build().Parse(args).Invoke(new System.CommandLine.InvocationConfiguration { Error = err, Output = output });
+        return (rc, output.ToString(), err.ToString());
     }
 }
