@@ -13,11 +13,17 @@ namespace InferenceServer.Benchmarks;
 /// serving path), the rank-64 adapter merged into the weights (what <c>--lora-merge</c> costs per step: nothing), and a
 /// batch of 4 rows without adapters against 4 rows with 4 different rank-32 adapters.
 /// Run: dotnet run -c Release --project bench/InferenceServer.Benchmarks -- --filter '*LoraStep*' --warmupCount 1 --iterationCount 3 --invocationCount 1 --unrollFactor 1
+/// (LORA_BENCH_VARIANTS=none,r64 for some of them).
 /// </summary>
 public class LoraStepBenchmarks
 {
-    [Params("none", "r16", "r64", "r64-merged", "b4-none", "b4-4x-r32")]
+    [ParamsSource(nameof(Variants))]
     public string Variant { get; set; } = "none";
+
+    /// <summary>All variants, or those named in LORA_BENCH_VARIANTS (comma-separated), in that order.</summary>
+    public static IEnumerable<string> Variants() =>
+        Environment.GetEnvironmentVariable("LORA_BENCH_VARIANTS")?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+        ?? ["none", "r16", "r64", "r64-merged", "b4-none", "b4-4x-r32"];
 
     Flux2Transformer? model;
     LoraRuntime? runtime;

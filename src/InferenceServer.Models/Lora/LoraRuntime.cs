@@ -63,11 +63,11 @@ public sealed class LoraRuntime : IDisposable
     public void Merge(LoraAdapter adapter, double scale)
     {
         Check(adapter);
-        using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var layers = Targets.Modules.ToDictionary(m => m.Path, m => m.Layer);
         foreach (var (path, d) in adapter.Deltas)
         {
+            using var scope = NewDisposeScope(); // one layer's float32 temporaries at a time (a 4B model's would not fit)
             var delta = d.Up.to(ScalarType.Float32).mm(d.Down.to(ScalarType.Float32)).mul_(scale); // [out, in]
             switch (layers[path])
             {
