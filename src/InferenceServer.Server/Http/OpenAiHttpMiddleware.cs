@@ -1,6 +1,7 @@
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
 using InferenceServer.Server.Observability;
+using Grpc.AspNetCore.Server;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 
@@ -11,8 +12,10 @@ namespace InferenceServer.Server.Http;
 /// sane, made otherwise; echoed in the response and put in a logging scope), the API key check when
 /// <see cref="ServerOptions.ApiKeys"/> is set (<c>Authorization: Bearer KEY</c> on every route but /healthz, /readyz and
 /// /metrics, else 401 in OpenAI's shape), and a last-resort handler that turns an unexpected exception into a 500 with
-/// the request id instead of a dropped connection. gRPC requests (content-type application/grpc) pass untouched: their
-/// auth is the gRPC interceptor's.
+/// the request id instead of a dropped connection. Each port serves its own API: on the gRPC port (HTTP/2) only gRPC
+/// methods pass, untouched (their auth is the gRPC interceptor's), anything else is 404; on the HTTP port a gRPC method is
+/// 404. Which API a request reaches is decided by the matched endpoint and the port, never by a header the client sets
+/// (a <c>content-type: application/grpc</c> header used to skip the key check on the HTTP routes).
 /// </summary>
 public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions options, ServerMetrics metrics, ILogger<OpenAiHttpMiddleware> log)
 {
@@ -27,9 +30,16 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
 
     public async Task InvokeAsync(HttpContext context)
     {
-        if (context.Request.ContentType?.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) == true)
+        bool grpcMethod = context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>() is not null;
+        if (HttpProtocol.IsHttp2(context.Request.Protocol))   // the gRPC port: the HTTP port speaks HTTP/1.1 only
         {
-            await next(context).ConfigureAwait(false);
+            if (grpcMethod) await next(context).ConfigureAwait(false);
+            else
+            {
+                await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.NotFound,
+                    $"{context.Request.Path}: this port serves gRPC only; the HTTP API is on the HTTP port")).ConfigureAwait(false);
+                metrics.Answered("http", "404", error: true, 0);
+            }
             return;
         }
         string id = SaneId(context.Request.Headers[RequestIdHeader].ToString()) ?? Guid.NewGuid().ToString("N");
@@ -43,6 +53,13 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
             await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.Unauthenticated,
                 "a valid API key is required: send 'Authorization: Bearer YOUR_KEY'")).ConfigureAwait(false);
             metrics.Answered("http", "401", error: true, 0);
+            return;
+        }
+        if (grpcMethod)
+        {
+            await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.NotFound,
+                $"{context.Request.Path}: gRPC is served on the gRPC port (HTTP/2), not on the HTTP port")).ConfigureAwait(false);
+            metrics.Answered("http", "404", error: true, 0);
             return;
         }
         try

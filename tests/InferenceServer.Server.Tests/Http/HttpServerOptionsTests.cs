@@ -42,6 +42,47 @@ public sealed class HttpServerOptionsTests
     }
 
     [Fact]
+    public async Task A_grpc_content_type_does_not_skip_the_key_check_and_each_port_serves_only_its_api()
+    {
+        // Regression (outside probe): 'content-type: application/grpc' made the HTTP middleware skip the API-key check,
+        // so /v1/models and /v1/images/files/{id} answered 200 without a key, on both ports.
+        await using var server = await RunningServer.StartAsync(o => o.ApiKeys = ["k-123"]);
+        using var http = NewHttp(server);
+        foreach (var path in new[] { "v1/models", "v1/images/files/abc", "v1/loras" })
+        {
+            using var get = new HttpRequestMessage(HttpMethod.Get, path) { Content = new ByteArrayContent([]) };
+            get.Content.Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
+            using var response = await http.SendAsync(get);
+            Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        }
+
+        using var h2 = new HttpClient { BaseAddress = server.GrpcAddress, DefaultRequestVersion = HttpVersion.Version20,
+            DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact };
+        foreach (var contentType in new[] { "application/grpc", "application/json" })
+        {
+            using var get = new HttpRequestMessage(HttpMethod.Get, "v1/models")
+            {
+                Content = new ByteArrayContent([]), Version = HttpVersion.Version20, VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            };
+            get.Content.Headers.ContentType = new MediaTypeHeaderValue(contentType);
+            using var response = await h2.SendAsync(get);
+            string text = await response.Content.ReadAsStringAsync();
+            Assert.True(response.StatusCode == HttpStatusCode.NotFound, $"{contentType}: {(int)response.StatusCode} {text} {string.Join(";", response.Headers.Select(h => h.Key + "=" + string.Join(",", h.Value)))}");
+            Assert.Contains("gRPC only", text);
+        }
+
+        // gRPC methods are not served on the HTTP port (even with a valid key).
+        using var grpcOnHttp = new HttpRequestMessage(HttpMethod.Post, "inference.v1.ImageService/ListModels") { Content = new ByteArrayContent([0, 0, 0, 0, 0]) };
+        grpcOnHttp.Content.Headers.ContentType = new MediaTypeHeaderValue("application/grpc");
+        grpcOnHttp.Headers.Authorization = new AuthenticationHeaderValue("Bearer", "k-123");
+        using var refused = await http.SendAsync(grpcOnHttp);
+        Assert.Equal(HttpStatusCode.NotFound, refused.StatusCode);
+        using var models = new HttpRequestMessage(HttpMethod.Get, "v1/models");
+        models.Headers.Authorization = new AuthenticationHeaderValue("Bearer", "k-123");
+        Assert.Equal(HttpStatusCode.OK, (await http.SendAsync(models)).StatusCode);
+    }
+
+    [Fact]
     public async Task Oversized_body_is_413_for_json_and_multipart()
     {
         await using var server = await RunningServer.StartAsync(o => o.Limits.MaxRequestBytes = 64 << 10);
