@@ -29,6 +29,8 @@ public sealed record ImagesRequest(ImageJobRequest Job, ResponseFormat ResponseF
 /// </summary>
 public static class ImageRequestReader
 {
+    /// <summary>ENOSPC: on Unix .NET puts the raw errno into an IOException's HResult (the message is matched too).</summary>
+    const int DiskFullHResult = 28;
     /// <summary>Header carrying the client's deadline in seconds (decimals allowed), e.g. <c>X-Request-Timeout: 30</c>.</summary>
     public const string TimeoutHeader = "X-Request-Timeout";
     /// <summary>Longest deadline a client may ask for (a day); longer ones are refused rather than clamped.</summary>
@@ -71,6 +73,14 @@ public static class ImageRequestReader
         catch (InvalidDataException e)
         {
             throw new ServiceException(ErrorKind.InvalidArgument, $"the multipart body is malformed: {e.Message}");
+        }
+        catch (IOException e) when (!ct.IsCancellationRequested)
+        {
+            // Large parts are buffered to a temporary file: a full disk is the server's problem (503), a body that ends
+            // before its final boundary is the client's (400).
+            if (e.HResult == DiskFullHResult || e.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase))
+                throw new ServiceException(ErrorKind.Unavailable, "the server's temporary storage for uploads is full; retry later or send smaller images");
+            throw new ServiceException(ErrorKind.InvalidArgument, $"the multipart body is malformed or truncated: {e.Message}");
         }
         var files = form.Files.Where(f => f.Name is "image" or "image[]").ToList();
         // Text parts named image are base64 / data: URLs (curl -F "image=data:image/png;base64,...").
@@ -183,13 +193,13 @@ public static class ImageRequestReader
             root.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null;
 
         public string? String(string name) => !Get(name, out var v) ? null
-            : v.ValueKind == JsonValueKind.String ? v.GetString() : throw WrongType(name, "a string", Describe(v));
+            : v.ValueKind == JsonValueKind.String ? Text(v, name) : throw WrongType(name, "a string", Describe(v));
 
         public long? Long(string name) => !Get(name, out var v) ? null
             : v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long l) ? l : throw WrongType(name, "an integer", Describe(v));
 
         public double? Double(string name) => !Get(name, out var v) ? null
-            : v.ValueKind == JsonValueKind.Number ? v.GetDouble() : throw WrongType(name, "a number", Describe(v));
+            : v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && double.IsFinite(d) ? d : throw WrongType(name, "a finite number", Describe(v));
 
         public bool? Bool(string name) => !Get(name, out var v) ? null
             : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw WrongType(name, "true or false", Describe(v));
@@ -207,13 +217,13 @@ public static class ImageRequestReader
                 _ => throw WrongType("image", "a base64 string, a data: URL or an array of them", Describe(v)),
             };
             return items.Select((item, i) => item.ValueKind == JsonValueKind.String
-                ? DecodeImageString(item.GetString()!, i)
+                ? DecodeImageString(Text(item, $"image[{i}]", "image"), i)
                 : throw WrongType("image", "a base64 string or a data: URL", Describe(item))).ToList();
         }
 
         internal static string Describe(JsonElement v) => v.ValueKind switch
         {
-            JsonValueKind.String => $"the string \"{Truncate(v.GetString()!)}\"",
+            JsonValueKind.String => TryText(v) is { } t ? $"the string \"{Truncate(t)}\"" : "a string that is not valid Unicode",
             JsonValueKind.Number => $"the number {v.GetRawText()}",
             JsonValueKind.True or JsonValueKind.False => $"the boolean {v.GetRawText()}",
             JsonValueKind.Array => "an array",
@@ -222,6 +232,22 @@ public static class ImageRequestReader
         };
 
         static string Truncate(string s) => s.Length <= 40 ? s : s[..40] + "...";
+
+        static string? TryText(JsonElement v)
+        {
+            try { return v.GetString(); }
+            catch (InvalidOperationException) { return null; }
+        }
+    }
+
+    /// <summary>A JSON string's value; invalid UTF-8 or an unpaired surrogate (<c>"\ud800"</c>) is a 400 naming the field, not a 500.</summary>
+    static string Text(JsonElement v, string field, string? param = null)
+    {
+        try { return v.GetString()!; }
+        catch (InvalidOperationException)
+        {
+            throw ServiceException.Invalid(param ?? field, $"{field}: the string is not valid Unicode (invalid UTF-8 or an unpaired surrogate)");
+        }
     }
 
     /// <summary><c>[{"name": "style", "scale": 0.8}, ...]</c>: a name (string) and an optional scale (number, default 1).</summary>
@@ -236,8 +262,8 @@ public static class ImageRequestReader
                 throw ServiceException.Invalid("loras", $"loras[{i}].name: a string naming an adapter is required");
             double scale = 1.0;
             if (item.TryGetProperty("scale", out var s) && s.ValueKind != JsonValueKind.Null)
-                scale = s.ValueKind == JsonValueKind.Number ? s.GetDouble() : throw WrongType($"loras[{i}].scale", "a number", JsonFields.Describe(s), "loras");
-            result.Add(new RequestedLora(name.GetString()!, scale));
+                scale = s.ValueKind == JsonValueKind.Number && s.TryGetDouble(out double d) ? d : throw WrongType($"loras[{i}].scale", "a number", JsonFields.Describe(s), "loras");
+            result.Add(new RequestedLora(Text(name, $"loras[{i}].name", "loras"), scale));
         }
         return result;
     }
