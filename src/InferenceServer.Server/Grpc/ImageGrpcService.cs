@@ -101,6 +101,10 @@ public sealed class ImageGrpcService(IImageGenerator generator, LoraLibrary lora
     {
         string id = string.IsNullOrWhiteSpace(r.RequestId) ? "grpc-" + Guid.NewGuid().ToString("N")[..16] : r.RequestId.Trim();
         if (id.Length > 128) throw ServiceException.Invalid("request_id", $"request_id: {id.Length} characters, at most 128 are allowed");
+        // It goes into a response trailer and the log: a non-ASCII or control character used to fail the reply after the
+        // whole job had run (trailer rejected) and to reach the log raw. Printable ASCII only, checked at admission.
+        if (id.Any(c => c is <= ' ' or >= (char)127))
+            throw ServiceException.Invalid("request_id", "request_id: printable ASCII characters only (no spaces, control or non-ASCII characters)");
         context.UserState[RequestIdKey] = id;
         context.ResponseTrailers.Add(RequestIdKey, id);
 

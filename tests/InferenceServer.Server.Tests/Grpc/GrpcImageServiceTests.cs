@@ -172,6 +172,7 @@ public sealed class GrpcImageServiceTests(GrpcServerFixture fixture, ITestOutput
         { "n=0", "n" }, { "n=1000", "n" }, { "empty prompt", "prompt" }, { "11 references", "reference_images" },
         { "corrupt image", "reference_images" }, { "image bomb", "reference_images" }, { "huge width", "width" },
         { "width without height", "height" }, { "steps=1000", "steps" }, { "unknown model", "model" },
+        { "request_id with CR", "request_id" }, { "non-ASCII request_id", "request_id" },
     };
 
     [Theory]
@@ -191,6 +192,9 @@ public sealed class GrpcImageServiceTests(GrpcServerFixture fixture, ITestOutput
             case "width without height": r.Height = 0; break;
             case "steps=1000": r.Steps = 1000; break;
             case "unknown model": r.Model = "nope"; break;
+            // Regression (outside probe): these ran the whole job, then failed the reply with INTERNAL (trailer rejected).
+            case "request_id with CR": r.RequestId = "evil\r\nINFO forged log line"; break;
+            case "non-ASCII request_id": r.RequestId = "réquest-1"; break;
         }
         var e = await Assert.ThrowsAsync<RpcException>(() => fixture.Client.GenerateAsync(r));
         output.WriteLine($"{@case}: {e.StatusCode} [{TestImages.Trailer(e, "field")}] {e.Status.Detail}");
