@@ -1,7 +1,10 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Globalization;
+using Google.Protobuf;
+using Grpc.AspNetCore.Server;
 using Grpc.Core;
+using InferenceServer.Client.V1;
 using Grpc.Health.V1;
 using Grpc.HealthCheck;
 using InferenceServer.Server.Observability;
@@ -54,36 +57,76 @@ public static class GrpcEndpoints
 
     public static IEndpointRouteBuilder MapInferenceGrpc(this IEndpointRouteBuilder endpoints)
     {
-        long limit = endpoints.ServiceProvider.GetRequiredService<IOptions<ServerOptions>>().Value.Limits.MaxRequestBytes;
-        endpoints.MapGrpcService<ImageGrpcService>().Add(b => b.RequestDelegate = RefuseOversizedMessages(b.RequestDelegate!, limit));
+        var options = endpoints.ServiceProvider.GetRequiredService<IOptions<ServerOptions>>().Value;
+        var keys = new ApiKeys(options.ApiKeys);
+        endpoints.MapGrpcService<ImageGrpcService>().Add(b => b.RequestDelegate = Guard(b.RequestDelegate!, options.Limits.MaxRequestBytes, keys));
         endpoints.MapGrpcHealthChecksService();
         endpoints.MapGrpcReflectionService();
         return endpoints;
     }
 
+    static readonly Google.Protobuf.Reflection.ServiceDescriptor ImageService = InferenceReflection.Descriptor.Services.Single(s => s.FullName == ImageServiceName);
+
     /// <summary>
-    /// Reads the first message's 5-byte gRPC frame header before the call starts and refuses a message over
-    /// <paramref name="limit"/> with RESOURCE_EXHAUSTED naming the size and the limit (Grpc.AspNetCore's own check, kept as
-    /// the backstop, says only "Received message exceeds the maximum configured message size"). Nothing is consumed.
+    /// What every ImageService call meets before Grpc.AspNetCore reads its message, each answered trailers-only and counted:
+    /// the API key, from the headers, before any body byte is read (UNAUTHENTICATED; the interceptor checks it again);
+    /// the first message's size from its 5-byte frame header (RESOURCE_EXHAUSTED naming the size and the limit; Grpc.AspNetCore's
+    /// own check, kept as the backstop, says only "Received message exceeds the maximum configured message size"); and the
+    /// message itself, parsed once (INVALID_ARGUMENT naming the type: undecodable bytes or invalid UTF-8 in a string field
+    /// reached Grpc.AspNetCore's deserializer, whose failure is UNKNOWN, logged with a stack trace and missing from the
+    /// metrics). Nothing is consumed: the call reads the message as usual.
     /// </summary>
-    static RequestDelegate RefuseOversizedMessages(RequestDelegate next, long limit) => async context =>
+    static RequestDelegate Guard(RequestDelegate next, long limit, ApiKeys keys) => async context =>
     {
-        var read = await context.Request.BodyReader.ReadAtLeastAsync(5, context.RequestAborted);
+        var metrics = context.RequestServices.GetRequiredService<ServerMetrics>();
+        var check = keys.Check(context.Request.Headers.Authorization.ToString());
+        if (check != ApiKeyCheck.Accepted)
+        {
+            TrailersOnly(context, metrics, StatusCode.Unauthenticated, check == ApiKeyCheck.Missing
+                ? "an API key is required: send metadata 'authorization: Bearer KEY'" : "the API key is not valid", "authorization");
+            return;
+        }
+        var reader = context.Request.BodyReader;
+        var read = await reader.ReadAtLeastAsync(5, context.RequestAborted);
         long? length = read.Buffer.Length >= 5 ? MessageLength(read.Buffer) : null;
-        context.Request.BodyReader.AdvanceTo(read.Buffer.Start);
+        bool compressed = read.Buffer.Length >= 5 && read.Buffer.FirstSpan[0] != 0;
+        reader.AdvanceTo(read.Buffer.Start);
         if (length > limit)
         {
-            string message = $"the request message is {length:N0} bytes; the limit is {limit:N0} bytes (InferenceServer:Limits:MaxRequestBytes)";
-            context.Response.StatusCode = StatusCodes.Status200OK;
-            context.Response.ContentType = "application/grpc";
-            // Trailers-only response: the status travels in the headers.
-            context.Response.Headers["grpc-status"] = ((int)StatusCode.ResourceExhausted).ToString(CultureInfo.InvariantCulture);
-            context.Response.Headers["grpc-message"] = Uri.EscapeDataString(message);
-            context.RequestServices.GetRequiredService<ServerMetrics>().Answered("grpc", nameof(StatusCode.ResourceExhausted), true, 0);
+            TrailersOnly(context, metrics, StatusCode.ResourceExhausted,
+                $"the request message is {length:N0} bytes; the limit is {limit:N0} bytes (InferenceServer:Limits:MaxRequestBytes)");
             return;
+        }
+        string? method = context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>()?.Method.Name;
+        var input = method is null ? null : ImageService.FindMethodByName(method)?.InputType;
+        if (length is long n && !compressed && input is not null)
+        {
+            var whole = await reader.ReadAtLeastAsync((int)(5 + n), context.RequestAborted);
+            try
+            {
+                if (whole.Buffer.Length >= 5 + n) input.Parser.ParseFrom(whole.Buffer.Slice(5, n));
+            }
+            catch (InvalidProtocolBufferException e)
+            {
+                reader.AdvanceTo(whole.Buffer.Start);
+                TrailersOnly(context, metrics, StatusCode.InvalidArgument, $"the request message is not a valid {input.Name}: {e.Message}");
+                return;
+            }
+            reader.AdvanceTo(whole.Buffer.Start);
         }
         await next(context);
     };
+
+    /// <summary>A trailers-only answer: the status travels in the headers.</summary>
+    static void TrailersOnly(HttpContext context, ServerMetrics metrics, StatusCode code, string message, string? field = null)
+    {
+        context.Response.StatusCode = StatusCodes.Status200OK;
+        context.Response.ContentType = "application/grpc";
+        context.Response.Headers["grpc-status"] = ((int)code).ToString(CultureInfo.InvariantCulture);
+        context.Response.Headers["grpc-message"] = Uri.EscapeDataString(message);
+        if (field is not null) context.Response.Headers["field"] = field;
+        metrics.Answered("grpc", code.ToString(), true, 0);
+    }
 
     static long MessageLength(ReadOnlySequence<byte> buffer)
     {

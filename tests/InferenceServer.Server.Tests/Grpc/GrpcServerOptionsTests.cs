@@ -12,6 +12,60 @@ public sealed class GrpcServerOptionsTests(ITestOutputHelper output)
 {
     static GenerateRequest Small(string prompt) => new() { Prompt = prompt, Width = 64, Height = 64, Steps = 1 };
 
+    /// <summary>Posts one raw gRPC frame (flag 0, big-endian length, <paramref name="message"/>) and returns the status headers of the answer.</summary>
+    static async Task<(string? Status, string? Message, string? Field)> RawCall(RunningServer server, string method, byte[] message, int? claimedLength = null, string? key = null)
+    {
+        using var h2 = new HttpClient { BaseAddress = server.GrpcAddress };
+        var frame = new byte[5 + message.Length];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(frame.AsSpan(1), (uint)(claimedLength ?? message.Length));
+        message.CopyTo(frame, 5);
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"inference.v1.ImageService/{method}")
+        {
+            Content = new ByteArrayContent(frame), Version = System.Net.HttpVersion.Version20, VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+        };
+        request.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/grpc");
+        request.Headers.TryAddWithoutValidation("te", "trailers");
+        if (key is not null) request.Headers.TryAddWithoutValidation("authorization", $"Bearer {key}");
+        using var response = await h2.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        await response.Content.ReadAsByteArrayAsync();
+        string? Get(string name) => response.Headers.TryGetValues(name, out var v) ? v.First()
+            : response.TrailingHeaders.TryGetValues(name, out v) ? v.First() : null;
+        return (Get("grpc-status"), Uri.UnescapeDataString(Get("grpc-message") ?? ""), Get("field"));
+    }
+
+    [Fact]
+    public async Task Undecodable_messages_are_INVALID_ARGUMENT_and_counted()
+    {
+        // Regression (outside probe): these were UNKNOWN with a stack trace in the log, and missing from the metrics.
+        await using var server = await RunningServer.StartAsync();
+        byte[] invalidUtf8Prompt = [0x12, 0x03, 0xff, 0xfe, 0x80];                 // field 2 (prompt), length 3, not UTF-8
+        byte[] garbage = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        foreach (var (method, body) in new[] { ("Generate", invalidUtf8Prompt), ("GenerateStream", garbage), ("ListModels", garbage) })
+        {
+            var (status, message, _) = await RawCall(server, method, body);
+            output.WriteLine($"{method}: {status} {message}");
+            Assert.Equal(((int)StatusCode.InvalidArgument).ToString(), status);
+            Assert.Contains("not a valid", message);
+        }
+        using var http = new HttpClient { BaseAddress = server.HttpBase };
+        string metrics = await http.GetStringAsync("metrics");
+        Assert.Contains(metrics.Split('\n'), l => l.Contains("origin=\"grpc\"") && l.Contains("InvalidArgument") && l.StartsWith("inference_requests_total", StringComparison.Ordinal) && !l.EndsWith(" 0"));
+        using var client = new InferenceClient(server.GrpcAddress);
+        Assert.NotEmpty(await client.ListModelsAsync());              // the server still answers valid calls
+    }
+
+    [Fact]
+    public async Task The_key_is_checked_from_the_headers_before_the_message_is_read()
+    {
+        await using var server = await RunningServer.StartAsync(o => o.ApiKeys = ["k1"]);
+        // A frame header that announces 150 MB with no body behind it: refused on the headers alone.
+        var (status, _, field) = await RawCall(server, "Generate", [], claimedLength: 150 << 20);
+        Assert.Equal(((int)StatusCode.Unauthenticated).ToString(), status);
+        Assert.Equal("authorization", field);
+        (status, _, _) = await RawCall(server, "Generate", [0x12, 0x03, 0xff, 0xfe, 0x80], key: "k1");
+        Assert.Equal(((int)StatusCode.InvalidArgument).ToString(), status);
+    }
+
     [Fact]
     public async Task Api_keys_guard_the_image_service_but_not_health_or_reflection()
     {
