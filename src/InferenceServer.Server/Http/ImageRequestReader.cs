@@ -74,7 +74,7 @@ public static class ImageRequestReader
         {
             throw new ServiceException(ErrorKind.InvalidArgument, $"the multipart body is malformed: {e.Message}");
         }
-        catch (IOException e) when (!ct.IsCancellationRequested)
+        catch (IOException e) when (e is not BadHttpRequestException && !ct.IsCancellationRequested) // a body over the limit stays 413
         {
             // Large parts are buffered to a temporary file: a full disk is the server's problem (503), a body that ends
             // before its final boundary is the client's (400).
