@@ -1,3 +1,5 @@
+using InferenceServer.Server.Engine;
+using Microsoft.Extensions.DependencyInjection;
 using System.CommandLine;
 using InferenceServer.Server.Hosting;
 
@@ -26,8 +28,9 @@ internal static class ServeCommand
         var loraMerge = new Option<string[]>("--lora-merge") { Description = "NAME[:SCALE] (a name in --lora-dir or a .safetensors path): merged into the weights of every served model it fits, at load; repeatable" };
         var loraCache = new Option<long?>("--lora-cache-bytes") { Description = "Bytes of loaded adapters kept for later requests (default 2 GiB; least recently used dropped first)" };
         var maxLoras = new Option<int?>("--max-loras") { Description = "Adapters one request may name (default 4)" };
+        var keepRunning = new Option<bool>("--keep-running-on-load-failure") { Description = "Stay up (healthz 200, every request 503) when a model fails to load, instead of exiting with code 3" };
         var command = new Command("serve", "Serve gRPC (inference.v1.ImageService) and the OpenAI-compatible HTTP API")
-            { model, name, httpPort, grpcPort, bind, dtype, apiKey, maxQueue, maxBatch, loraDir, loraMerge, loraCache, maxLoras };
+            { model, name, httpPort, grpcPort, bind, dtype, apiKey, maxQueue, maxBatch, loraDir, loraMerge, loraCache, maxLoras, keepRunning };
         command.SetAction(async (r, ct) =>
         {
             var app = ServerHost.Build([], o =>
@@ -46,7 +49,18 @@ internal static class ServeCommand
                 if (r.GetValue(loraCache) is { } lc) o.Lora.CacheBytes = lc;
                 if (r.GetValue(maxLoras) is { } ml) o.Lora.MaxPerRequest = ml;
             });
+            // A model that fails to load stops the process with the reason and exit code 3, so a supervisor restarts it (or
+            // alerts) instead of keeping a process that answers every request with 503.
+            var scheduler = app.Services.GetRequiredService<ImageScheduler>();
+            bool keep = r.GetValue(keepRunning);
+            if (!keep) _ = scheduler.Loaded.ContinueWith(t => { if (t.IsFaulted) app.Lifetime.StopApplication(); }, TaskScheduler.Default);
             await app.RunAsync();
+            if (!keep && scheduler.Loaded.IsFaulted)
+            {
+                var e = scheduler.Loaded.Exception!.GetBaseException();
+                r.InvocationConfiguration.Error.WriteLine($"error: model load failed: {e.Message.ReplaceLineEndings(" ")}");
+                return 3;
+            }
             return 0;
         });
         return command;
