@@ -54,7 +54,8 @@ internal static class ServeCommand
             var scheduler = app.Services.GetRequiredService<ImageScheduler>();
             bool keep = r.GetValue(keepRunning);
             if (!keep) _ = scheduler.Loaded.ContinueWith(t => { if (t.IsFaulted) app.Lifetime.StopApplication(); }, TaskScheduler.Default);
-            await app.RunAsync();
+            try { await app.RunAsync(); }
+            catch (OperationCanceledException) when (scheduler.Loaded.IsFaulted) { } // stopped while the host was still starting
             if (!keep && scheduler.Loaded.IsFaulted)
             {
                 var e = scheduler.Loaded.Exception!.GetBaseException();
