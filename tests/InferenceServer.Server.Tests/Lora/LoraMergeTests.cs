@@ -67,14 +67,8 @@ public sealed class LoraMergeTests(ITestOutputHelper output)
     [InlineData("nope:0.5", "--lora-merge", "no nope.safetensors")]
     public async Task An_adapter_that_fits_no_served_model_or_no_file_stops_the_start(string merge, string expected, string alsoExpected)
     {
-        var app = ServerHost.Build([], o =>
+        var app = RunningServer.Build(o =>
         {
-            o.Models = [TinyModel.Folder];
-            o.ModelName = "tiny";
-            o.DType = "fp32";
-            o.BindAddress = "127.0.0.1";
-            o.HttpPort = 0;
-            o.GrpcPort = 0;
             o.Lora.Directory = TestLoras.Dir;
             o.Lora.Merge = [merge];
         });

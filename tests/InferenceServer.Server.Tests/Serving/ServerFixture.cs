@@ -49,10 +49,9 @@ public sealed class RunningServer : IAsyncDisposable
         (HttpPort, GrpcPort) = ServerHost.BoundPorts(app);
     }
 
-    /// <param name="configure">Options on top of the test defaults (tiny model, loopback, ports 0, FP32).</param>
-    public static async Task<RunningServer> StartAsync(Action<ServerOptions>? configure = null, Action<WebApplicationBuilder>? customize = null)
-    {
-        var app = ServerHost.Build([], o =>
+    /// <summary>The app with the test defaults (tiny model, loopback, ports 0, FP32) and <paramref name="configure"/> on top, not started.</summary>
+    public static WebApplication Build(Action<ServerOptions>? configure = null, Action<WebApplicationBuilder>? customize = null) =>
+        ServerHost.Build([], o =>
         {
             o.Models = [TinyModel.Folder];
             o.ModelName = "tiny";
@@ -62,6 +61,11 @@ public sealed class RunningServer : IAsyncDisposable
             o.GrpcPort = 0;
             configure?.Invoke(o);
         }, customize);
+
+    /// <param name="configure">Options on top of the test defaults (tiny model, loopback, ports 0, FP32).</param>
+    public static async Task<RunningServer> StartAsync(Action<ServerOptions>? configure = null, Action<WebApplicationBuilder>? customize = null)
+    {
+        var app = Build(configure, customize);
         await app.StartAsync();
         var server = new RunningServer(app);
         await server.Scheduler.Loaded.WaitAsync(TimeSpan.FromMinutes(2));
