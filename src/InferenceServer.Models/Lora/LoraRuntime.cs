@@ -10,8 +10,8 @@ public sealed record LoraUse(LoraAdapter Adapter, double Scale);
 
 /// <summary>
 /// Per-request LoRA on one loaded transformer, the base weights untouched: a forward hook on every adaptable linear adds,
-/// after the base GEMM ran once for the whole batch, each row's low-rank deltas <c>scale * (x Down^T) Up^T</c>, computed
-/// once per adapter for the rows that use it. Rows with different adapters, or none, share one batch. Adapters are applied
+/// after the base GEMM ran once for the whole batch, each row's low-rank deltas <c>scale * (x Down^T) Up^T</c> in place,
+/// one GEMM pair per row and adapter (see Hook). Rows with different adapters, or none, share one batch. Adapters are applied
 /// in name order on every row, so a row's sum is the same whatever else is in the batch. <see cref="Merge"/> instead
 /// adds one adapter into the weights (for a model that always runs it).
 /// </summary>

@@ -232,22 +232,17 @@ public static class ImageRequestReader
         };
 
         static string Truncate(string s) => s.Length <= 40 ? s : s[..40] + "...";
-
-        static string? TryText(JsonElement v)
-        {
-            try { return v.GetString(); }
-            catch (InvalidOperationException) { return null; }
-        }
     }
 
     /// <summary>A JSON string's value; invalid UTF-8 or an unpaired surrogate (<c>"\ud800"</c>) is a 400 naming the field, not a 500.</summary>
-    static string Text(JsonElement v, string field, string? param = null)
+    static string Text(JsonElement v, string field, string? param = null) => TryText(v)
+        ?? throw ServiceException.Invalid(param ?? field, $"{field}: the string is not valid Unicode (invalid UTF-8 or an unpaired surrogate)");
+
+    /// <summary>A JSON string's value, or null when it is not valid Unicode.</summary>
+    static string? TryText(JsonElement v)
     {
-        try { return v.GetString()!; }
-        catch (InvalidOperationException)
-        {
-            throw ServiceException.Invalid(param ?? field, $"{field}: the string is not valid Unicode (invalid UTF-8 or an unpaired surrogate)");
-        }
+        try { return v.GetString(); }
+        catch (InvalidOperationException) { return null; }
     }
 
     /// <summary><c>[{"name": "style", "scale": 0.8}, ...]</c>: a name (string) and an optional scale (number, default 1).</summary>
