@@ -20,8 +20,10 @@ public sealed record GenerationRequest
     public SizeRequest Size { get; init; } = new();
     /// <summary>Number of images; image i uses seed <c>Seed + i</c>.</summary>
     public int Count { get; init; } = 1;
-    /// <summary>Null: one is picked and reported.</summary>
+    /// <summary>Null: one is picked and reported. 0 to <see cref="MaxSeed"/>.</summary>
     public long? Seed { get; init; }
+    /// <summary>Seeds are 0 to 2^53: exact in JSON doubles, so every client can echo them back, and seed + i never overflows.</summary>
+    public const long MaxSeed = 1L << 53;
     /// <summary>Null: the model card's default.</summary>
     public int? Steps { get; init; }
     /// <summary>Null: the card's guidance. Used only by models that embed guidance, or by non-distilled (CFG) models.</summary>
@@ -125,10 +127,23 @@ public sealed class GenerationPipeline : IDisposable
 
     /// <summary>
     /// Validates a request against <see cref="Options"/> (the one place limits are checked), decodes its references and
-    /// resolves size, steps, guidance and seed, with no tensor work (thread-safe). Bad input throws <see cref="RequestException"/>
-    /// naming the field.
+    /// resolves size, steps, guidance and seed, with no tensor work (thread-safe): <see cref="Plan"/>, then
+    /// <see cref="DecodeReferences"/>. Bad input throws <see cref="RequestException"/> naming the field.
     /// </summary>
     public PreparedRequest Prepare(GenerationRequest request)
+    {
+        var prepared = Plan(request);
+        DecodeReferences(prepared);
+        return prepared;
+    }
+
+    /// <summary>
+    /// Everything <see cref="Prepare"/> does except decoding reference pixels: the references are checked and sized from
+    /// their headers (format, dimensions, orientation), so a server can admit or refuse the request, and budget the
+    /// memory its references will take (<see cref="PreparedRequest.ReferenceBytes"/>), before paying for a decode.
+    /// Thread-safe. Damaged pixel data is found by <see cref="DecodeReferences"/>.
+    /// </summary>
+    public PreparedRequest Plan(GenerationRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
         var sampling = Backend.Sampling;
@@ -159,32 +174,55 @@ public sealed class GenerationPipeline : IDisposable
             if (request.Loras.Take(i).Any(u => u.Adapter == use.Adapter))
                 throw new RequestException("loras", $"loras[{i}].name: adapter '{use.Adapter.Name}' is named twice");
         }
+        if (request.Seed is < 0 or > GenerationRequest.MaxSeed)
+            throw new RequestException("seed", $"seed: {request.Seed}, use 0 to {GenerationRequest.MaxSeed} (or leave it unset, or -1, for a random seed)");
         double? guidance = Backend.UsesGuidance ? request.Guidance ?? sampling.Guidance : null;
-        long seed = request.Seed ?? Random.Shared.NextInt64(0, 1L << 53);
+        long seed = request.Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed);
 
-        var sw = Stopwatch.StartNew();
-        // Decode every reference first: an unreadable image fails before any model work.
-        var images = request.References.Select((b, k) =>
+        // Every reference's header first: an unreadable or oversized image fails before any decoding or model work.
+        var headers = request.References.Select((b, k) =>
         {
-            try { return codec.Decode(b); }
+            try { return codec.ReadHeader(b); }
             catch (ImageDecodeException e) { throw new RequestException("image", $"image {k + 1}: {e.Message}", e); }
         }).ToList();
         var sizes = o.Sizes with { Multiple = Backend.Geometry.PixelsPerToken };
-        var (width, height) = request.Size.Resolve(sizes, images.Count > 0 ? (images[0].Width, images[0].Height) : null);
-        long cap = images.Count == 1 ? o.SingleReferencePixels : o.MultiReferencePixels;
+        var (width, height) = request.Size.Resolve(sizes, headers.Count > 0 ? (headers[0].Width, headers[0].Height) : null);
+        long cap = headers.Count == 1 ? o.SingleReferencePixels : o.MultiReferencePixels;
         int px = Backend.Geometry.PixelsPerToken;
-        var shapes = images.Select((im, k) =>
+        var capped = headers.Select(im => ImageCodec.CappedSize(im.Width, im.Height, cap)).ToList();
+        var shapes = capped.Select((s, k) =>
         {
-            var (w, h) = CappedSize(im.Width, im.Height, cap);
             try
             {
-                var box = Pixels.CenterCropBox(h, w, px);
+                var box = Pixels.CenterCropBox(s.Height, s.Width, px);
                 return $"{box.Width / px}x{box.Height / px}";                      // the latent grid: its token shape
             }
             catch (ArgumentException e) { throw new RequestException("image", $"image {k + 1}: {e.Message}", e); }
         }).ToList();
         var key = new BatchKey(width, height, steps, guidance, string.Join(",", shapes));
-        return new PreparedRequest(request, width, height, steps, guidance, seed, images, cap, key, sw.Elapsed.TotalMilliseconds);
+        return new PreparedRequest(request, width, height, steps, guidance, seed, capped, cap, key);
+    }
+
+    /// <summary>
+    /// Decodes a planned request's references straight to their capped size (<see cref="ImageCodec.Decode(byte[], long)"/>:
+    /// an 8192x8192 PNG never sits in memory at full size), once; a no-op when already decoded. Thread-safe for distinct
+    /// requests. Damaged pixel data throws <see cref="RequestException"/> naming the image.
+    /// </summary>
+    public void DecodeReferences(PreparedRequest prepared)
+    {
+        ArgumentNullException.ThrowIfNull(prepared);
+        if (prepared.ReferencesDecoded) return;
+        var sw = Stopwatch.StartNew();
+        var images = prepared.Request.References.Select((b, k) =>
+        {
+            RgbImage image;
+            try { image = codec.Decode(b, prepared.ReferenceCap); }
+            catch (ImageDecodeException e) { throw new RequestException("image", $"image {k + 1}: {e.Message}", e); }
+            if ((image.Width, image.Height) != prepared.ReferenceSizes[k])
+                throw new RequestException("image", $"image {k + 1}: decoded to {image.Width}x{image.Height}, its header said {prepared.ReferenceSizes[k].Width}x{prepared.ReferenceSizes[k].Height} after the pixel cap");
+            return image;
+        }).ToList();
+        prepared.SetReferences(images, sw.Elapsed.TotalMilliseconds);
     }
 
     /// <summary>
@@ -211,6 +249,12 @@ public sealed class GenerationPipeline : IDisposable
         var device = Backend.Device;
         int n = entries.Count;
         var outcomes = new BatchOutcome?[n];
+        // References of planned requests nobody decoded yet (servers decode before queueing): a damaged one fails its entry only.
+        for (int e = 0; e < n; e++)
+        {
+            try { DecodeReferences(entries[e].Request); }
+            catch (RequestException ex) { outcomes[e] = new BatchOutcome(null, ex); }
+        }
         var timings = entries.Select(e => new List<StageTiming> { new(Stage.ReferenceDecode, e.Request.DecodeMilliseconds) }).ToArray();
         var hits = new bool[n];
         bool Cancelled(int e)
@@ -242,7 +286,13 @@ public sealed class GenerationPipeline : IDisposable
                 ComputeDevice.SyncForTiming(device);
                 timings[e].Add(new StageTiming(Stage.TextEncode, sw.Elapsed.TotalMilliseconds));
                 sw.Restart();
-                refs[e] = req.Request.References.Select((bytes, k) => ReferenceLatent(bytes, req.References[k], req.ReferenceCap)).ToList();
+                try
+                {
+                    // Between encoder blocks the entry's own token is checked: a cancelled entry leaves, the others go on.
+                    using var cancellation = ComputeCancellation.Use(entries[e].CancellationToken);
+                    refs[e] = req.Request.References.Select((bytes, k) => ReferenceLatent(bytes, req.References![k], req.ReferenceCap)).ToList();
+                }
+                catch (OperationCanceledException) when (Cancelled(e)) { continue; }
                 timings[e].Add(new StageTiming(Stage.ReferenceEncode, sw.Elapsed.TotalMilliseconds));
             }
 
@@ -315,8 +365,11 @@ public sealed class GenerationPipeline : IDisposable
                     var req = entries[e].Request;
                     int first = rowEntry.IndexOf(e);
                     var outputs = new List<GeneratedImage>();
+                    // The entry's deadline or cancel is honoured between images and between VAE blocks/tiles, not only between steps.
+                    using var cancellation = ComputeCancellation.Use(entries[e].CancellationToken);
                     for (int j = 0; j < req.Count; j++)
                     {
+                        entries[e].CancellationToken.ThrowIfCancellationRequested();
                         sw.Restart();
                         using var imageScope = NewDisposeScope();
                         var decoded = Backend.Decode(x![(first + j)..(first + j + 1)], h, w);   // [1, 3, H, W]
@@ -328,7 +381,7 @@ public sealed class GenerationPipeline : IDisposable
                         outputs.Add(new GeneratedImage(encoded, req.Seed + j, key.Width, key.Height));
                     }
                     outcomes[e] = new BatchOutcome(new GenerationResult(outputs, key.Width, key.Height, req.Seed, key.Steps, key.Guidance,
-                        req.References.Count, hits[e], timings[e]), null);
+                        req.Request.References.Count, hits[e], timings[e]), null);
                 }
                 catch (Exception ex) { outcomes[e] = new BatchOutcome(null, ex); }
             }
@@ -361,16 +414,16 @@ public sealed class GenerationPipeline : IDisposable
     }
 
     /// <summary>
-    /// One small generation (64x64, one step) through every component on the model's device, the same code requests run,
-    /// then a device synchronise: on CUDA it creates the cuBLAS/cuDNN handles, loads kernels and primes the caching
-    /// allocator, so the first request does not pay for them. Returns its wall time in milliseconds.
-    /// </summary>
-    /// <summary>
     /// Reads a LoRA file for this pipeline's model (any published naming; see <see cref="LoraAdapter.Load"/>), in the model's
     /// dtype and device. Thread-safe: servers load adapters off the engine thread. Bad files throw <see cref="InvalidDataException"/>.
     /// </summary>
     public LoraAdapter LoadAdapter(string path, string? name = null) => LoraAdapter.Load(path, Backend.Lora.Targets, Backend.DType, Backend.Device, name);
 
+    /// <summary>
+    /// One small generation (64x64, one step) through every component on the model's device, the same code requests run,
+    /// then a device synchronise: on CUDA it creates the cuBLAS/cuDNN handles, loads kernels and primes the caching
+    /// allocator, so the first request does not pay for them. Returns its wall time in milliseconds.
+    /// </summary>
     public double WarmUp()
     {
         var sw = Stopwatch.StartNew();
@@ -384,12 +437,11 @@ public sealed class GenerationPipeline : IDisposable
     /// <summary>The prompt's text features as the backend gives them (caller owns).</summary>
     public Tensor EncodePrompt(string prompt) => Backend.EncodePrompt(prompt);
 
-    /// <summary>Capped, centre-cropped, VAE-encoded latent of one reference, from the cache when seen before.</summary>
+    /// <summary>Centre-cropped, VAE-encoded latent of one reference (decoded at its capped size), from the cache when seen before.</summary>
     Tensor ReferenceLatent(byte[] bytes, RgbImage image, long cap)
     {
         string key = Convert.ToHexString(SHA256.HashData(bytes)) + "/" + cap;
         if (references.TryGet(key, out var cached)) return cached;
-        image = CapPixels(image, cap);
         var box = Pixels.CenterCropBox(image.Height, image.Width, Backend.Geometry.PixelsPerToken);
         image = ImageCodec.CenterCrop(image, box.Width, box.Height);
         using var scope = NewDisposeScope();
@@ -397,22 +449,6 @@ public sealed class GenerationPipeline : IDisposable
         var latent = Backend.EncodeReference(x).MoveToOuterDisposeScope();
         references.Add(key, latent);
         return latent;
-    }
-
-    /// <summary>BFL cap_pixels: above <paramref name="cap"/> pixels, scale both sides by sqrt(cap / pixels), truncated.</summary>
-    public static RgbImage CapPixels(RgbImage image, long cap)
-    {
-        var (w, h) = CappedSize(image.Width, image.Height, cap);
-        return (w, h) == (image.Width, image.Height) ? image : ImageCodec.Resize(image, w, h);
-    }
-
-    /// <summary>The size <see cref="CapPixels"/> gives a <paramref name="width"/> x <paramref name="height"/> image.</summary>
-    public static (int Width, int Height) CappedSize(int width, int height, long cap)
-    {
-        long pixels = (long)width * height;
-        if (pixels <= cap) return (width, height);
-        double scale = Math.Sqrt((double)cap / pixels);
-        return (Math.Max(1, (int)(width * scale)), Math.Max(1, (int)(height * scale)));
     }
 
     public void Dispose()

@@ -10,16 +10,22 @@ namespace InferenceServer.Pipeline.Generation;
 public readonly record struct BatchKey(int Width, int Height, int Steps, double? Guidance, string References);
 
 /// <summary>
-/// A request validated once, its references decoded and its size, steps, guidance and seed resolved, made by
-/// <see cref="GenerationPipeline.Prepare"/>. No tensor inside: cheap to hold while it waits for a batch.
+/// A request validated once, its size, steps, guidance and seed resolved and its references sized from their headers,
+/// made by <see cref="GenerationPipeline.Prepare"/> (references decoded) or <see cref="GenerationPipeline.Plan"/> (not
+/// yet: a server admits the request first, then calls <see cref="GenerationPipeline.DecodeReferences"/>). No tensor
+/// inside: cheap to hold while it waits for a batch.
 /// </summary>
 public sealed class PreparedRequest
 {
+    IReadOnlyList<RgbImage>? references;
+
     internal PreparedRequest(GenerationRequest request, int width, int height, int steps, double? guidance, long seed,
-        IReadOnlyList<RgbImage> references, long referenceCap, BatchKey key, double decodeMilliseconds)
+        IReadOnlyList<(int Width, int Height)> referenceSizes, long referenceCap, BatchKey key)
     {
         Request = request; Width = width; Height = height; Steps = steps; Guidance = guidance; Seed = seed;
-        References = references; ReferenceCap = referenceCap; Key = key; DecodeMilliseconds = decodeMilliseconds;
+        ReferenceSizes = referenceSizes; ReferenceCap = referenceCap; Key = key;
+        ReferenceBytes = referenceSizes.Sum(s => 3L * s.Width * s.Height);
+        if (referenceSizes.Count == 0) references = [];
     }
 
     public GenerationRequest Request { get; }
@@ -33,12 +39,24 @@ public sealed class PreparedRequest
     public int Count => Request.Count;
     /// <summary>Requests with equal keys can share a batch.</summary>
     public BatchKey Key { get; }
+    /// <summary>Memory the decoded references take (RGB at their capped sizes), known from the headers before decoding.</summary>
+    public long ReferenceBytes { get; }
+    /// <summary>Whether the references' pixels are decoded (always true without references).</summary>
+    public bool ReferencesDecoded => Volatile.Read(ref references) is not null;
 
-    /// <summary>The decoded references (uncapped, as sent).</summary>
-    internal IReadOnlyList<RgbImage> References { get; }
+    /// <summary>Each reference's size after the pixel cap (what decoding gives), from its header.</summary>
+    internal IReadOnlyList<(int Width, int Height)> ReferenceSizes { get; }
     /// <summary>Pixel cap of each reference (one reference: the single cap, several: the multi cap).</summary>
     internal long ReferenceCap { get; }
-    internal double DecodeMilliseconds { get; }
+    /// <summary>The references decoded and capped; null until <see cref="GenerationPipeline.DecodeReferences"/> ran.</summary>
+    internal IReadOnlyList<RgbImage>? References => Volatile.Read(ref references);
+    internal double DecodeMilliseconds { get; private set; }
+
+    internal void SetReferences(IReadOnlyList<RgbImage> decoded, double milliseconds)
+    {
+        DecodeMilliseconds = milliseconds;
+        Volatile.Write(ref references, decoded);
+    }
 }
 
 /// <summary>One request of a batch, its own cancellation, and how often it wants a preview (0: never).</summary>

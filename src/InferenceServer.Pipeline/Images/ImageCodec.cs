@@ -35,6 +35,40 @@ public sealed class ImageCodec(ImageLimits? limits = null)
     });
 
     /// <summary>
+    /// Decodes to at most <paramref name="maxPixels"/> pixels: above it both sides are scaled by sqrt(max / pixels),
+    /// truncated (BFL <c>cap_pixels</c>, <see cref="CappedSize"/>), with the Lanczos3 <see cref="Resize"/> uses. The
+    /// resize runs inside libvips' streaming pipeline, so an 8192x8192 reference never exists at full size in memory
+    /// (one strip of rows at a time); the pixels equal <c>Resize(Decode(data), CappedSize(...))</c>. EXIF-rotated images
+    /// need random access and are decoded whole first.
+    /// </summary>
+    /// <exception cref="ImageDecodeException">empty, unsupported, too large or corrupt input.</exception>
+    public RgbImage Decode(byte[] data, long maxPixels) => Open(data, (loaded, _) =>
+    {
+        if (Orientation(loaded) is > 1 and <= 8)
+        {
+            var whole = Decode(data);
+            var (cw, ch) = CappedSize(whole.Width, whole.Height, maxPixels);
+            return Resize(whole, cw, ch);
+        }
+        using var srgb = ToSrgb8(loaded);
+        var (w, h) = CappedSize(srgb.Width, srgb.Height, maxPixels);
+        if ((w, h) == (srgb.Width, srgb.Height)) return new RgbImage(w, h, srgb.WriteToMemory<byte>());
+        using var resized = srgb.Resize((double)w / srgb.Width, kernel: Kernel.Lanczos3, gap: 0, vscale: (double)h / srgb.Height);
+        if (resized.Width != w || resized.Height != h)
+            throw new InvalidOperationException($"libvips resized {srgb.Width}x{srgb.Height} to {resized.Width}x{resized.Height}, not {w}x{h}");
+        return new RgbImage(w, h, resized.WriteToMemory<byte>());
+    });
+
+    /// <summary>BFL cap_pixels' size: above <paramref name="cap"/> pixels, both sides scaled by sqrt(cap / pixels), truncated (at least 1).</summary>
+    public static (int Width, int Height) CappedSize(int width, int height, long cap)
+    {
+        long pixels = (long)width * height;
+        if (pixels <= cap) return (width, height);
+        double scale = Math.Sqrt((double)cap / pixels);
+        return (Math.Max(1, (int)(width * scale)), Math.Max(1, (int)(height * scale)));
+    }
+
+    /// <summary>
     /// The format and upright size from the header alone, with every check <see cref="Decode(byte[])"/> makes before
     /// decoding pixels (so a request can be sized and refused cheaply); damaged pixel data is only found by decoding.
     /// </summary>

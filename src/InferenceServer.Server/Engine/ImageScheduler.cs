@@ -11,7 +11,8 @@ namespace InferenceServer.Server.Engine;
 
 /// <summary>
 /// Admission, the bounded queue, batching and the engine thread (vLLM's split of API server / scheduler / worker, in one
-/// process). Request threads validate (<see cref="GenerationPipeline.Prepare"/>, no device work) and enqueue; ONE engine
+/// process). Request threads reserve a queue slot, validate (<see cref="GenerationPipeline.Plan"/>, from image headers, no
+/// device work), then decode references at their capped size within a byte budget, and enqueue; ONE engine
 /// thread owns the device: it takes the oldest waiting job, gathers compatible jobs (same model and
 /// <see cref="BatchKey"/>: size, steps, guidance, reference shapes) from anywhere in the queue up to the image and token
 /// budget, waits at most <see cref="QueueOptions.GatherWindow"/> for more, and runs them as one batch. The oldest job
@@ -19,7 +20,7 @@ namespace InferenceServer.Server.Engine;
 /// Seeds are per image, so batching does not change images. A request's LoRA adapters are resolved and loaded by
 /// <see cref="LoraLibrary"/> (off the engine thread) before it is queued, and held until it ends; they do not change
 /// the batch key: rows of one batch each run their own adapters. A job cancelled while queued leaves the queue at once; while
-/// running, the pipeline drops it between steps. Which jobs form a batch is <see cref="BatchPolicy"/> (pure); running one
+/// running, the pipeline drops it between steps, VAE blocks and images. Which jobs form a batch is <see cref="BatchPolicy"/> (pure); running one
 /// and completing its jobs is <see cref="BatchRunner"/>; loading the models is <see cref="ServedModel.LoadAll"/>.
 /// </summary>
 public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposable
@@ -38,6 +39,8 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     Thread? engine;
     bool draining;
     int running;
+    int reserved;           // under gate: slots of requests being prepared, not yet queued
+    long referenceBytes;    // under gate: decoded reference bytes of requests being prepared, queued or running
     int disposed;
     int lastBatchRequests, arrivedDuringBatch;   // under gate: is there concurrent load worth a gathering window?
 
@@ -109,10 +112,17 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
             throw new ServiceException(ErrorKind.Unavailable, loaded.Task.IsFaulted ? "the model failed to load" : "the model is still loading", retryAfter: TimeSpan.FromSeconds(5));
         var model = FindModel(request.Model);
         Validate(request);
+        // A queue slot is reserved before anything costly (adapter loads, reference headers and decoding): a full queue
+        // refuses at once, and concurrent requests cannot all pass a check and then overfill it.
+        using var reservation = Reserve();
         // Held until this method returns: by then the job has ended (completed, failed, cancelled or never queued).
         using var lease = await AcquireLoras(model, request, cancellationToken).ConfigureAwait(false);
         PreparedRequest prepared;
-        try { prepared = model.Pipeline.Prepare(lease.Uses.Count == 0 ? request.Generation : request.Generation with { Loras = lease.Uses }); }
+        try { prepared = model.Pipeline.Plan(lease.Uses.Count == 0 ? request.Generation : request.Generation with { Loras = lease.Uses }); }
+        catch (RequestException e) { throw ServiceException.FromRequest(e); }
+        // The references' decoded bytes (known from their headers) count against a budget until the job ends.
+        reservation.HoldReferenceBytes(prepared.ReferenceBytes);
+        try { model.Pipeline.DecodeReferences(prepared); }
         catch (RequestException e) { throw ServiceException.FromRequest(e); }
 
         // A deadline already past fires at once; anything beyond a day (incl. "infinite" gRPC deadlines) is a day.
@@ -124,14 +134,11 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         lock (gate)
         {
             if (draining) throw new ServiceException(ErrorKind.Unavailable, "the server is shutting down", retryAfter: options.Queue.RetryAfter);
-            if (queue.Count >= options.Queue.MaxQueued)
-                throw new ServiceException(ErrorKind.ResourceExhausted,
-                    $"the queue is full ({options.Queue.MaxQueued} requests waiting); retry after {options.Queue.RetryAfter.TotalSeconds:0.#} s",
-                    retryAfter: options.Queue.RetryAfter);
             // Made only once admitted: a refused request leaves no timer behind.
             deadline = new CancellationTokenSource(timeout);
             linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token, stopping.Token);
             job = new Job(request, model, prepared, linked.Token, onEvent, admitted);
+            reservation.Enqueued();
             job.Node = queue.AddLast(job);
             if (running > 0) arrivedDuringBatch++;
             position = queue.Count - 1 + running;
@@ -156,6 +163,70 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         {
             linked.Dispose();
             deadline.Dispose();
+        }
+    }
+
+    /// <summary>A queue slot for a request being prepared (or 429 at once); see <see cref="Reservation"/>.</summary>
+    Reservation Reserve()
+    {
+        lock (gate)
+        {
+            if (draining) throw new ServiceException(ErrorKind.Unavailable, "the server is shutting down", retryAfter: options.Queue.RetryAfter);
+            if (queue.Count + reserved >= options.Queue.MaxQueued)
+                throw new ServiceException(ErrorKind.ResourceExhausted,
+                    $"the queue is full ({options.Queue.MaxQueued} requests waiting); retry after {options.Queue.RetryAfter.TotalSeconds:0.#} s",
+                    retryAfter: options.Queue.RetryAfter);
+            reserved++;
+            return new Reservation(this);
+        }
+    }
+
+    /// <summary>
+    /// A request's claim on the queue while it is prepared: a slot until it is enqueued, and its decoded reference bytes
+    /// against <see cref="QueueOptions.MaxReferenceBytes"/> until the request ends. Disposed when the request returns.
+    /// </summary>
+    sealed class Reservation(ImageScheduler scheduler) : IDisposable
+    {
+        bool slot = true;
+        long bytes;
+
+        public void HoldReferenceBytes(long wanted)
+        {
+            if (wanted == 0) return;
+            var s = scheduler;
+            long budget = s.options.Queue.MaxReferenceBytes;
+            if (wanted > budget)
+                throw new ServiceException(ErrorKind.TooLarge,
+                    $"image: the references decode to {wanted:N0} bytes at their capped sizes; the server holds at most {budget:N0} bytes of decoded references (InferenceServer:Queue:MaxReferenceBytes)", "image");
+            lock (s.gate)
+            {
+                if (s.referenceBytes + wanted > budget)
+                    throw new ServiceException(ErrorKind.ResourceExhausted,
+                        $"the server holds {s.referenceBytes:N0} bytes of decoded references for queued requests and this request needs {wanted:N0} more (limit {budget:N0}); retry after {s.options.Queue.RetryAfter.TotalSeconds:0.#} s",
+                        retryAfter: s.options.Queue.RetryAfter);
+                s.referenceBytes += wanted;
+                bytes = wanted;
+                s.metrics.ReferenceBytes(s.referenceBytes);
+            }
+        }
+
+        /// <summary>Under the scheduler's lock: the slot becomes a queued job.</summary>
+        public void Enqueued()
+        {
+            scheduler.reserved--;
+            slot = false;
+        }
+
+        public void Dispose()
+        {
+            var s = scheduler;
+            lock (s.gate)
+            {
+                if (slot) { s.reserved--; slot = false; }
+                s.referenceBytes -= bytes;
+                if (bytes != 0) s.metrics.ReferenceBytes(s.referenceBytes);
+                bytes = 0;
+            }
         }
     }
 

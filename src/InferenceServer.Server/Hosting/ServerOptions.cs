@@ -54,14 +54,24 @@ public sealed class QueueOptions
     public TimeSpan GatherWindow { get; set; } = TimeSpan.FromMilliseconds(10);
     /// <summary>Default request deadline when the client sets none.</summary>
     public TimeSpan DefaultTimeout { get; set; } = TimeSpan.FromMinutes(10);
+    /// <summary>
+    /// Bytes of decoded reference images held by admitted requests (RGB at their capped sizes: 12 MB for one 2024^2
+    /// reference). Beyond it a request is refused with 429 before its references are decoded; one whose references alone
+    /// exceed it, with 413.
+    /// </summary>
+    public long MaxReferenceBytes { get; set; } = 1L << 30;
     /// <summary>Retry-After sent with 429 when the queue is full.</summary>
     public TimeSpan RetryAfter { get; set; } = TimeSpan.FromSeconds(2);
 }
 
 public sealed class LimitOptions
 {
-    /// <summary>HTTP request body and gRPC message size (4K-class images x 10 references fit).</summary>
-    public long MaxRequestBytes { get; set; } = 200L << 20;
+    /// <summary>
+    /// HTTP request body and gRPC message size. 64 MiB: what a request can need, ten references sent at the pixel cap
+    /// (1024^2 each with several, 2024^2 alone) even as uncompressed PNG in base64 JSON; larger originals are scaled down
+    /// to the cap anyway, so a client sending 4K photos should resize them or raise this.
+    /// </summary>
+    public long MaxRequestBytes { get; set; } = 64L << 20;
     /// <summary>Response message size (n images at 4K as PNG).</summary>
     public long MaxResponseBytes { get; set; } = 512L << 20;
     /// <summary>Pixels of one input image, checked from its header before decoding.</summary>

@@ -5,7 +5,7 @@ using Prometheus;
 namespace InferenceServer.Server.Observability;
 
 /// <summary>
-/// The Prometheus series served at <c>/metrics</c>: queue depth, batch sizes, per-stage latency, images, errors by code,
+/// The Prometheus series served at <c>/metrics</c>: queue depth, decoded reference bytes, batch sizes, per-stage latency, images, errors by code,
 /// LoRA adapter loads, evictions and loaded bytes, process memory (device memory is not exported yet). One instance per server, on its own registry (tests run several servers in one process).
 /// </summary>
 public sealed class ServerMetrics
@@ -13,7 +13,7 @@ public sealed class ServerMetrics
     static readonly double[] LatencyBuckets = Histogram.ExponentialBuckets(0.001, 2, 20);   // 1 ms .. ~9 min
 
     public CollectorRegistry Registry { get; } = Metrics.NewCustomRegistry();
-    readonly Gauge queueDepth;
+    readonly Gauge queueDepth, referenceBytes;
     readonly Histogram batchRequests, batchImages, stageSeconds, requestSeconds, queueSeconds;
     readonly Counter images, requests, errors;
     readonly Gauge processMemory, managedMemory;
@@ -25,6 +25,7 @@ public sealed class ServerMetrics
     {
         var f = Metrics.WithCustomRegistry(Registry);
         queueDepth = f.CreateGauge("inference_queue_depth", "Requests waiting for the engine (not running).");
+        referenceBytes = f.CreateGauge("inference_reference_bytes", "Decoded reference-image bytes held by admitted requests (bounded by Queue:MaxReferenceBytes).");
         batchRequests = f.CreateHistogram("inference_batch_requests", "Requests per engine batch.",
             new HistogramConfiguration { Buckets = [1, 2, 3, 4, 6, 8, 12, 16, 32] });
         batchImages = f.CreateHistogram("inference_batch_images", "Images (rows) per engine batch.",
@@ -57,6 +58,7 @@ public sealed class ServerMetrics
     }
 
     public void QueueDepth(int depth) => queueDepth.Set(depth);
+    public void ReferenceBytes(long bytes) => referenceBytes.Set(bytes);
 
     public void Batch(int requestCount, int imageCount)
     {

@@ -1,3 +1,4 @@
+using InferenceServer.Models.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -46,19 +47,25 @@ public sealed class Encoder : Module<Tensor, Tensor>
         var h = conv_in.forward(x);                                          // [B, ch, H, W]
         foreach (var level in down)
         {
-            foreach (var block in level.block) h = Replace(h, block.forward(h));
-            if (level.downsample is not null) h = Replace(h, level.downsample.forward(h)); // [B, C, H/2, W/2]
+            foreach (var block in level.block) h = Replace(h, block.call(h));
+            if (level.downsample is not null) h = Replace(h, level.downsample.call(h)); // [B, C, H/2, W/2]
         }
-        h = Replace(h, mid.forward(h));                                      // [B, C_last, H/8, W/8]
+        h = Replace(h, mid.call(h));                                         // [B, C_last, H/8, W/8]
         h = Replace(h, norm_out.forward(h).silu_());
         h = Replace(h, conv_out.forward(h));                                 // [B, 2z, H/8, W/8]
         return quant_conv is null ? h : Replace(h, quant_conv.forward(h));   // [B, 2z, H/8, W/8]
     }
 
-    /// <summary>Frees the previous activation once the next one exists.</summary>
+    /// <summary>
+    /// Frees the previous activation once the next one exists; between blocks is also where a cancelled request stops
+    /// (<see cref="ComputeCancellation"/>: a 4K decode on CPU runs minutes, one block seconds). Blocks are run with
+    /// <c>call()</c>, which runs forward hooks (tests observe where a decode stops with them).
+    /// </summary>
     internal static Tensor Replace(Tensor previous, Tensor next)
     {
         previous.Dispose();
+        try { ComputeCancellation.ThrowIfCancelled(); }
+        catch (OperationCanceledException) { next.Dispose(); throw; }
         return next;
     }
 }
@@ -107,11 +114,11 @@ public sealed class Decoder : Module<Tensor, Tensor>
         Tensor h;
         if (post_quant_conv is null) h = conv_in.forward(z);                 // [B, C_last, h, w]
         else using (var q = post_quant_conv.forward(z)) h = conv_in.forward(q); // [B, z, h, w] -> [B, C_last, h, w]
-        h = Encoder.Replace(h, mid.forward(h));
+        h = Encoder.Replace(h, mid.call(h));
         for (int level = up.Count - 1; level >= 0; level--)
         {
-            foreach (var block in up[level].block) h = Encoder.Replace(h, block.forward(h));
-            if (up[level].upsample is { } upsample) h = Encoder.Replace(h, upsample.forward(h)); // [B, C, 2h, 2w]
+            foreach (var block in up[level].block) h = Encoder.Replace(h, block.call(h));
+            if (up[level].upsample is { } upsample) h = Encoder.Replace(h, upsample.call(h)); // [B, C, 2h, 2w]
         }
         h = Encoder.Replace(h, norm_out.forward(h).silu_());                 // [B, ch, 8h, 8w]
         if (h.dtype == ScalarType.Float32) return Encoder.Replace(h, conv_out.forward(h)); // [B, out_ch, 8h, 8w]

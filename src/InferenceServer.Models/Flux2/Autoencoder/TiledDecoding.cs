@@ -1,3 +1,4 @@
+using InferenceServer.Models.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -132,6 +133,7 @@ internal static class TiledDecoding
         foreach (var (top, th) in Spans(h, tile, overlap))
         foreach (var (left, tw) in Spans(w, tile, overlap))
         {
+            ComputeCancellation.ThrowIfCancelled();
             using var inner = NewDisposeScope();
             var part = ae.DecodeWhole(z.narrow(2, top, th).narrow(3, left, tw)); // [B, 3, th*f, tw*f]
             var wy = Ramp(th * f, top > 0, top + th < h, overlap * f, device).view(-1, 1);
