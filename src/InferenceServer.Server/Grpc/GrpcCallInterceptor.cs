@@ -44,7 +44,7 @@ public sealed class GrpcCallInterceptor(IOptions<ServerOptions> options, ServerM
                 e = new ServiceException(ErrorKind.DeadlineExceeded, "the request did not finish within its deadline", inner: e);
             var rpc = ToRpc(e, context);
             code = rpc.StatusCode;
-            if (e.Kind == ErrorKind.Internal) log.LogError(e, "request {Id}: {Message}", RequestId(context), e.Message);
+            if (e.Kind == ErrorKind.Internal) log.LogError(e, "request {Id}: {Message}", RequestId(context), LogText.Escape(e.Message));
             throw rpc;
         }
         catch (RpcException e)

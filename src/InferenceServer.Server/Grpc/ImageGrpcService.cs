@@ -139,7 +139,7 @@ public sealed class ImageGrpcService(IImageGenerator generator, LoraLibrary lora
                 References = r.ReferenceImages.Select(i => i.Data.ToByteArray()).ToList(),
                 Size = new SizeRequest(r.Width > 0 ? $"{r.Width}x{r.Height}" : null, Blank(r.AspectRatio), Blank(r.Resolution)),
                 Count = r.HasN ? (int)Math.Min(r.N, int.MaxValue) : 1,
-                Seed = r.HasSeed ? r.Seed : null,
+                Seed = r.HasSeed && r.Seed != -1 ? r.Seed : null,                      // -1: random, as on HTTP
                 Steps = r.Steps == 0 ? null : (int)Math.Min(r.Steps, int.MaxValue),
                 Guidance = r.HasGuidance ? r.Guidance : null,
                 Format = format,

@@ -35,8 +35,6 @@ public static class ImageRequestReader
     public const string TimeoutHeader = "X-Request-Timeout";
     /// <summary>Longest deadline a client may ask for (a day); longer ones are refused rather than clamped.</summary>
     public static readonly TimeSpan MaxTimeout = TimeSpan.FromDays(1);
-    /// <summary>Seeds are 0 to 2^53 (exact in JSON doubles, so every client can echo them back); image i uses seed + i.</summary>
-    public const long MaxSeed = 1L << 53;
 
     public static async Task<ImagesRequest> ReadAsync(HttpContext context, ServerOptions options, string requestId, CancellationToken ct)
     {
@@ -118,8 +116,7 @@ public static class ImageRequestReader
             throw ServiceException.Invalid("output_format", $"output_format '{f}': use one of {ImageFormats.Accepted}");
         int? quality = fields.Int("output_compression");                 // range checked once, by the pipeline
         long? seed = fields.Long("seed");
-        if (seed == -1) seed = null;   // Seedream: -1 = random
-        if (seed is < 0 or > MaxSeed) throw ServiceException.Invalid("seed", $"seed: {seed}, use 0 to {MaxSeed} (or -1 for a random seed)");
+        if (seed == -1) seed = null;   // Seedream: -1 = random; the range is the pipeline's (GenerationRequest.MaxSeed)
 
         var generation = new GenerationRequest
         {

@@ -66,7 +66,7 @@ public static class OpenAiImagesApi
             catch (Exception e) when (Classify(e, ct) is { } error)
             {
                 if (error.Kind is ErrorKind.Internal) log.LogError(e, "images request failed");
-                else log.LogInformation("images request answered {Kind}: {Message}", error.Kind, error.Message);
+                else log.LogInformation("images request answered {Kind}: {Message}", error.Kind, LogText.Escape(error.Message));
                 await OpenAiErrors.WriteAsync(context, error).ConfigureAwait(false);
                 status = OpenAiErrors.Status(error.Kind);
             }
@@ -149,9 +149,12 @@ public static class OpenAiImagesApi
 
         public async Task File(HttpContext context, string id)
         {
+            // The url carries the image's own extension; another one (.jpg on a PNG) is not this file: 404, not a mislabelled body.
             int dot = id.IndexOf('.');
+            string? extension = dot >= 0 ? id[dot..] : null;
             if (dot >= 0) id = id[..dot];
-            if (!files.TryGet(id, out var bytes, out var contentType))
+            if (!files.TryGet(id, out var bytes, out var contentType)
+                || (extension is not null && !(ImageFormats.TryParse(extension[1..], out var f) && f.MimeType() == contentType)))
             {
                 await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.NotFound,
                     "no such image: it expired or never existed (url images are kept for a limited time)", "id")).ConfigureAwait(false);

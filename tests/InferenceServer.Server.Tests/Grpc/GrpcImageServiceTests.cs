@@ -173,6 +173,7 @@ public sealed class GrpcImageServiceTests(GrpcServerFixture fixture, ITestOutput
         { "corrupt image", "reference_images" }, { "image bomb", "reference_images" }, { "huge width", "width" },
         { "width without height", "height" }, { "steps=1000", "steps" }, { "unknown model", "model" },
         { "request_id with CR", "request_id" }, { "non-ASCII request_id", "request_id" },
+        { "negative seed", "seed" }, { "seed over 2^53", "seed" },
     };
 
     [Theory]
@@ -195,12 +196,22 @@ public sealed class GrpcImageServiceTests(GrpcServerFixture fixture, ITestOutput
             // Regression (outside probe): these ran the whole job, then failed the reply with INTERNAL (trailer rejected).
             case "request_id with CR": r.RequestId = "evil\r\nINFO forged log line"; break;
             case "non-ASCII request_id": r.RequestId = "réquest-1"; break;
+            // Regression (outside probe): gRPC took any int64 and wrapped seed + i; HTTP refused outside [-1, 2^53]. One rule now.
+            case "negative seed": r.Seed = -2; break;
+            case "seed over 2^53": r.Seed = (1L << 53) + 1; break;
         }
         var e = await Assert.ThrowsAsync<RpcException>(() => fixture.Client.GenerateAsync(r));
         output.WriteLine($"{@case}: {e.StatusCode} [{TestImages.Trailer(e, "field")}] {e.Status.Detail}");
         Assert.Equal(@case == "unknown model" ? StatusCode.NotFound : StatusCode.InvalidArgument, e.StatusCode);
         Assert.Equal(field, TestImages.Trailer(e, "field"));
         Assert.StartsWith(field, e.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Seed_minus_one_is_a_random_seed_as_on_http()
+    {
+        var r = await fixture.Client.GenerateAsync(new GenerateRequest { Prompt = "random seed", Width = 64, Height = 64, Steps = 1, Seed = -1 });
+        Assert.InRange(r.Images[0].Seed, 0, 1L << 53);
     }
 
     /// <summary>Reports on the caller's thread (<see cref="Progress{T}"/> posts to the thread pool, so the list could lag).</summary>

@@ -65,6 +65,15 @@ public sealed class HttpImagesApiTests(HttpServerFixture fixture) : IClassFixtur
         Assert.Equal("image/jpeg", file.Content.Headers.ContentType!.MediaType);
         var image = Codec.Decode(await file.Content.ReadAsByteArrayAsync());
         Assert.Equal((112, 64), (image.Width, image.Height));
+        // Regression (outside probe): any extension was served, a JPEG as "x.png" labelled by the url, not the bytes.
+        string id = url.AbsolutePath["/v1/images/files/".Length..^".jpg".Length];
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync($"v1/images/files/{id}.jpeg")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync($"v1/images/files/{id}")).StatusCode);
+        foreach (var other in new[] { ".png", ".webp", ".txt" })
+        {
+            using var wrong = await http.GetAsync($"v1/images/files/{id}{other}");
+            AssertError(wrong, await Body(wrong), 404, "id");
+        }
 
         var (missing, error) = (await http.GetAsync("v1/images/files/0123456789abcdef0123456789abcdef"), default(JsonElement));
         error = await Body(missing);
