@@ -81,6 +81,8 @@ public static class Flux2ModelFolder
         var expected = Flux2Specs.Parameters(config).Select(s => (s.Name, s.Shape));
         if (Flux2Checkpoint.IsDiffusers(source))
         {
+            // The file's own names and shapes first (the message names what is really stored), then the exact BFL view.
+            if (ShapeCheck.FirstDifference(source, Flux2Diffusers.Specs(config).Select(s => (s.Name, s.Shape)), _ => true) is { } why) return why;
             // The diffusers view needs the config; a wrong one fails on shapes, which is the answer.
             try { return ShapeCheck.FirstDifference(Flux2Diffusers.AsBfl(new NonDisposingSource(source), config), expected); }
             catch (Exception e) when (e is InvalidDataException or ArgumentException or KeyNotFoundException) { return e.Message; }

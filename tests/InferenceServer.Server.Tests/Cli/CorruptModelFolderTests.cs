@@ -68,6 +68,26 @@ public sealed class CorruptModelFolderTests(TinyModelFolder tiny, ITestOutputHel
         Assert.Contains("inference-server.json", err);
     }
 
+    [Theory]
+    [InlineData("tiny", "diffusers", "flux2-klein-4b")]
+    [InlineData("zimage-tiny", "single-file", "zimage-turbo")]
+    public void A_wrong_card_is_refused_in_the_other_layouts_and_families(string preset, string layout, string wrongCard)
+    {
+        string parent = Directory.CreateTempSubdirectory("wrong-card-").FullName;
+        try
+        {
+            string model = Path.Combine(parent, "model");
+            Assert.Equal(0, Cli.Invoke("random-checkpoint", "--preset", preset, "--layout", layout, "--out", model, "--dtype", "fp32").Rc);
+            File.WriteAllText(Path.Combine(model, "inference-server.json"), $"{{\"model_card\":\"{wrongCard}\"}}");
+            var (rc, err) = Generate(model, Path.Combine(parent, "out.png"));
+            log.WriteLine(err);
+            Assert.True(rc == 2, $"exit code {rc}: {err}");
+            Assert.Contains(wrongCard, err);
+            Assert.Contains("should be [", err);
+        }
+        finally { Directory.Delete(parent, recursive: true); }
+    }
+
     [Fact]
     public void The_wrong_card_is_refused_by_the_folder_loader_too()
     {
