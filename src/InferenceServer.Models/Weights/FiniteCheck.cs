@@ -22,9 +22,9 @@ public static class FiniteCheck
     public static bool AllFinite(Tensor t)
     {
         if (!t.is_floating_point() || t.numel() == 0) return true;
+        using var scope = NewDisposeScope(); // the temporaries below (isfinite's mask, views) go with it
         if (t.device_type != DeviceType.CPU || t.dtype is not (ScalarType.BFloat16 or ScalarType.Float16 or ScalarType.Float32))
             return t.isfinite().all().item<bool>();
-        using var scope = NewDisposeScope();
         var flat = t.contiguous().view(-1);
         long perSlice = SliceBytes / flat.element_size();
         for (long first = 0; first < flat.numel(); first += perSlice)
