@@ -45,13 +45,29 @@ public static class ModelCards
     /// <summary>The file a model folder carries to name its card (the random writers record it).</summary>
     public const string MarkerFile = "inference-server.json";
 
-    /// <summary>The card named by <paramref name="dir"/>/inference-server.json's <c>"model_card"</c>, or null when the folder has none.</summary>
+    /// <summary>
+    /// The card named by <paramref name="dir"/>/inference-server.json's <c>"model_card"</c>, or null when the folder has none.
+    /// A marker that is not such JSON, or names no card under <see cref="Directory"/>, is an <see cref="InvalidDataException"/> naming it.
+    /// </summary>
     public static string? MarkedCard(string dir)
     {
-        string marker = Path.Combine(dir, MarkerFile);
+        string marker = Path.GetFullPath(Path.Combine(dir, MarkerFile));
         if (!File.Exists(marker)) return null;
-        using var doc = JsonDocument.Parse(File.ReadAllText(marker));
-        return doc.RootElement.TryGetProperty("model_card", out var name) ? name.GetString() : null;
+        string? name;
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(marker));
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+                throw new InvalidDataException($"{marker}: expected a JSON object such as {{\"model_card\": \"flux2-klein-4b\"}}, found {doc.RootElement.ValueKind.ToString().ToLowerInvariant()}");
+            if (!doc.RootElement.TryGetProperty("model_card", out var card)) return null;
+            name = card.ValueKind == JsonValueKind.String ? card.GetString() : null;
+            if (string.IsNullOrEmpty(name) || name.IndexOfAny(['/', '\\']) >= 0)
+                throw new InvalidDataException($"{marker}: \"model_card\" must be a card name, found {card.GetRawText()}");
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{marker}: not valid JSON ({e.Message})", e); }
+        if (!File.Exists(Path.Combine(Directory, name + ".json")))
+            throw new InvalidDataException($"{marker}: names model card '{name}', which is not in {Directory} (have: {string.Join(", ", Names)})");
+        return name;
     }
 
     /// <summary>A text-encoder component card (models/text-encoders/NAME.json).</summary>

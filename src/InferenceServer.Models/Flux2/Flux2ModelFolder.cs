@@ -17,7 +17,7 @@ namespace InferenceServer.Models.Flux2;
 /// keys + config.json), <c>text_encoder/</c>, <c>tokenizer/</c>.</item>
 /// </list>
 /// The model card is chosen by (1) <c>inference-server.json</c>'s <c>"model_card"</c> when the folder has one (the
-/// random writer records it); else (2) the card whose transformer parameter shapes the checkpoint holds exactly
+/// random writer records it; the transformer's header shapes must then be that card's); else (2) the card whose transformer parameter shapes the checkpoint holds exactly
 /// (every card under models/ is tried, in name order; shapes are read from headers, no tensor is loaded).
 /// </summary>
 public static class Flux2ModelFolder
@@ -55,34 +55,40 @@ public static class Flux2ModelFolder
     /// <summary>Picks the model card (see the class summary).</summary>
     public static Flux2ModelCard DetectCard(string dir)
     {
-        if (ModelCards.MarkedCard(dir) is { } marked) return ModelCards.Load(marked);
         var layout = DetectLayout(dir);
-        using var source = Checkpoint.Open(TransformerPath(dir, layout));
+        string tPath = TransformerPath(dir, layout);
+        using var source = Checkpoint.Open(tPath);
+        if (ModelCards.MarkedCard(dir) is { } marked)
+        {
+            // Checked from the headers before anything is built: a wrong marker must not cost the card's whole model first.
+            var markedCard = ModelCards.Load(marked);
+            if (Mismatch(source, markedCard.Transformer) is { } why)
+                throw new InvalidDataException($"{Path.Combine(Path.GetFullPath(dir), MarkerFile)} names model card '{marked}', but the transformer {tPath} is not that card's: {why}");
+            return markedCard;
+        }
         foreach (var name in ModelCards.NamesOf("flux2"))
         {
             Flux2ModelCard card;
             try { card = ModelCards.Load(name); } catch (ArgumentException) { continue; }
-            if (Matches(source, card.Transformer)) return card;
+            if (Mismatch(source, card.Transformer) is null) return card;
         }
         throw new InvalidDataException($"{dir}: the transformer's tensor shapes match no flux2 model card in {ModelCards.Directory} ({string.Join(", ", ModelCards.NamesOf("flux2"))}); add {MarkerFile} with {{\"model_card\": NAME}}");
     }
 
-    static bool Matches(ITensorSource source, Flux2Config config)
+    /// <summary>How the checkpoint's header shapes differ from <paramref name="config"/>'s parameters, or null when they are exactly those.</summary>
+    static string? Mismatch(ITensorSource source, Flux2Config config)
     {
-        var specs = Flux2Specs.Parameters(config);
+        var expected = Flux2Specs.Parameters(config).Select(s => (s.Name, s.Shape));
         if (Flux2Checkpoint.IsDiffusers(source))
         {
+            // The file's own names and shapes first (the message names what is really stored), then the exact BFL view.
+            if (ShapeCheck.FirstDifference(source, Flux2Diffusers.Specs(config).Select(s => (s.Name, s.Shape)), _ => true) is { } why) return why;
             // The diffusers view needs the config; a wrong one fails on shapes, which is the answer.
-            try
-            {
-                var view = Flux2Diffusers.AsBfl(new NonDisposingSource(source), config);
-                return specs.All(s => view.TryGetEntry(s.Name, out var e) && e.Shape.SequenceEqual(s.Shape)) && view.Entries.Count == specs.Count;
-            }
-            catch (Exception e) when (e is InvalidDataException or ArgumentException or KeyNotFoundException) { return false; }
+            try { return ShapeCheck.FirstDifference(Flux2Diffusers.AsBfl(new NonDisposingSource(source), config), expected); }
+            catch (Exception e) when (e is InvalidDataException or ArgumentException or KeyNotFoundException) { return e.Message; }
         }
         // An FP8 checkpoint adds per-layer scales (and markers) next to the parameters: they do not count.
-        int count = source.Entries.Count(e => !QuantizedCheckpoint.IsQuantizationExtra(e.Name));
-        return count == specs.Count && specs.All(s => source.TryGetEntry(s.Name, out var e) && e.Shape.SequenceEqual(s.Shape));
+        return ShapeCheck.FirstDifference(source, expected, QuantizedCheckpoint.IsQuantizationExtra);
     }
 
     /// <summary>VAE config of a card's component name (models/vae/NAME.json).</summary>

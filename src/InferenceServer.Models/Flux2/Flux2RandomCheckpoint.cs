@@ -2,6 +2,7 @@ using System.Text.Json;
 using InferenceServer.Models.Weights;
 using TorchSharp;
 using static TorchSharp.torch;
+using InferenceServer.Models.Files;
 
 namespace InferenceServer.Models.Flux2;
 
@@ -82,7 +83,7 @@ public static class Flux2RandomCheckpoint
                 maxShardBytes, metadata, bytesWritten);
         }
         finally { cached?.T.Dispose(); }
-        File.WriteAllText(Path.Combine(dir, "config.json"), Flux2Diffusers.DiffusersConfig(config).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), Flux2Diffusers.DiffusersConfig(config).ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
         return dir;
     }
 }

@@ -6,6 +6,7 @@ using InferenceServer.Models.Qwen3;
 using InferenceServer.Models.Weights;
 using TorchSharp;
 using static TorchSharp.torch;
+using InferenceServer.Models.Files;
 
 namespace InferenceServer.Models.Flux2;
 
@@ -84,6 +85,7 @@ public static class Flux2RandomModel
                 ["transformer"] = new JsonArray("diffusers", "Flux2Transformer2DModel"),
                 ["vae"] = new JsonArray("diffusers", "AutoencoderKLFlux2"),
             });
+        // The marker last: a folder that has it is complete (a write that failed part-way leaves none).
         WriteJson(Path.Combine(outDir, Flux2ModelFolder.MarkerFile), new JsonObject { ["model_card"] = card.Name, ["random_seed"] = seed, ["dtype"] = dtype.ToString() });
     }
 
@@ -103,13 +105,13 @@ public static class Flux2RandomModel
         WriteJson(Path.Combine(teDir, "config.json"), HfQwen3Config(teConfig, dtype));
     }
 
-    /// <summary>Copies the real Qwen3 tokenizer data (models/qwen3-tokenizer) to <c>tokenizer/</c>.</summary>
+    /// <summary>Copies the real Qwen3 tokenizer data (models/qwen3-tokenizer) to <c>tokenizer/</c>, each file complete or absent.</summary>
     public static void CopyTokenizer(string outDir)
     {
         string tokDir = Path.Combine(outDir, "tokenizer");
         Directory.CreateDirectory(tokDir);
         foreach (var f in Directory.GetFiles(Path.Combine(ModelCards.Directory, "qwen3-tokenizer")))
-            File.Copy(f, Path.Combine(tokDir, Path.GetFileName(f)), overwrite: true);
+            AtomicFile.Copy(f, Path.Combine(tokDir, Path.GetFileName(f)));
     }
 
     /// <summary>The VAE's state dict (BFL keys, module order) for <paramref name="config"/>: built once to read names and shapes.</summary>
@@ -199,7 +201,8 @@ public static class Flux2RandomModel
         ["torch_dtype"] = dtype == ScalarType.BFloat16 ? "bfloat16" : "float32",
     };
 
-    internal static void WriteJson(string path, JsonNode node) => File.WriteAllText(path, node.ToJsonString(Indented) + "\n");
+    /// <summary>A JSON file, complete or absent (<see cref="AtomicFile"/>).</summary>
+    internal static void WriteJson(string path, JsonNode node) => AtomicFile.WriteAllText(path, node.ToJsonString(Indented) + "\n");
 
     /// <summary>The random transformer (<see cref="Flux2RandomCheckpoint.Parameter"/>) as a tensor source with BFL keys: nothing on disk.</summary>
     sealed class RandomTransformerSource : ITensorSource

@@ -3,6 +3,7 @@ using InferenceServer.Models.Flux2;
 using InferenceServer.Models.Weights;
 using TorchSharp;
 using static TorchSharp.torch;
+using InferenceServer.Models.Files;
 
 namespace InferenceServer.Models.Quantization;
 
@@ -73,21 +74,25 @@ public static class Flux2Quantize
             : Path.Combine(outDir, "transformer", Flux2RandomCheckpoint.DiffusersBaseName + ".safetensors");
 
         Directory.CreateDirectory(outDir);
-        // Everything but the transformer, as it is.
+        // Everything but the transformer, as it is, each file complete or absent; the marker after the transformer, so an
+        // output folder that has it is complete.
+        string marker = Path.Combine(inDir, Flux2ModelFolder.MarkerFile);
         foreach (var file in Directory.EnumerateFiles(inDir, "*", SearchOption.AllDirectories))
         {
             string rel = Path.GetRelativePath(inDir, file);
+            if (file == marker) continue;
             bool isTransformer = layout == Flux2Layout.Bfl ? file == tPath : rel.StartsWith("transformer" + Path.DirectorySeparatorChar, StringComparison.Ordinal) && rel != Path.Combine("transformer", "config.json");
             if (isTransformer) continue;
             string dst = Path.Combine(outDir, rel);
             Directory.CreateDirectory(Path.GetDirectoryName(dst)!);
-            File.Copy(file, dst, overwrite: true);
+            AtomicFile.Copy(file, dst);
         }
         using var source = Checkpoint.Open(tPath);
         using var bfl = Flux2Checkpoint.AsBfl(new NonDisposingSource(source), card.Transformer);
         long total = OutputBytes(bfl, to);
         WriteTransformer(bfl, outT, to, new Inline(b => progress?.Invoke("transformer", b, total)),
             new Dictionary<string, string> { ["generator"] = $"inference-server quantize --to {suffix}" });
+        if (File.Exists(marker)) AtomicFile.Copy(marker, Path.Combine(outDir, Flux2ModelFolder.MarkerFile));
         return outT;
     }
 

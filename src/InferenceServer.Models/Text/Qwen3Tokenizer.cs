@@ -60,7 +60,8 @@ public sealed class Qwen3Tokenizer
 
     /// <summary>
     /// Loads <c>vocab.json</c>, <c>merges.txt</c> and <c>tokenizer_config.json</c> (added tokens, pad token) from a
-    /// folder laid out like the Hugging Face hub's <c>tokenizer/</c>.
+    /// folder laid out like the Hugging Face hub's <c>tokenizer/</c>. A damaged file is an <see cref="InvalidDataException"/>
+    /// naming it and what is wrong.
     /// </summary>
     public static Qwen3Tokenizer Load(string? directory = null)
     {
@@ -70,21 +71,53 @@ public sealed class Qwen3Tokenizer
         foreach (var f in new[] { vocab, merges, config })
             if (!File.Exists(f)) throw new FileNotFoundException($"Qwen3 tokenizer file missing: {f}", f);
 
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(config));
-        var added = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var p in doc.RootElement.GetProperty("added_tokens_decoder").EnumerateObject())
-            added[p.Value.GetProperty("content").GetString()!] = int.Parse(p.Name, System.Globalization.CultureInfo.InvariantCulture);
-        string pad = doc.RootElement.GetProperty("pad_token").GetString()
-            ?? throw new InvalidDataException($"{config}: no pad_token");
-        if (!added.TryGetValue(pad, out int padId)) throw new InvalidDataException($"{config}: pad token '{pad}' is not an added token");
-
-        var bpe = BpeTokenizer.Create(new BpeOptions(vocab, merges)
+        var (added, padId) = ReadConfig(config);
+        BpeTokenizer bpe;
+        try { bpe = CreateBpe(vocab, merges); }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or ArgumentException or OverflowException)
         {
-            ByteLevel = true,
-            PreTokenizer = Qwen3PreTokenizer.Instance,
-            Normalizer = null,
-        });
+            // The library reads both files at once; reading the vocabulary alone says which one is at fault.
+            string culprit = merges;
+            try { CreateBpe(vocab, null); } catch (Exception) { culprit = vocab; }
+            throw new InvalidDataException($"{culprit}: not a valid Qwen3 tokenizer {(culprit == vocab ? "vocabulary (a JSON object of token: id)" : "merges file (lines of two tokens)")}: {e.Message}", e);
+        }
+        if (bpe.Vocabulary.Count == 0) throw new InvalidDataException($"{vocab}: the vocabulary is empty");
         return new Qwen3Tokenizer(bpe, added, padId);
+    }
+
+    static BpeTokenizer CreateBpe(string vocab, string? merges) => BpeTokenizer.Create(new BpeOptions(vocab, merges)
+    {
+        ByteLevel = true,
+        PreTokenizer = Qwen3PreTokenizer.Instance,
+        Normalizer = null,
+    });
+
+    /// <summary>The added tokens (text to id) and the pad id of <c>tokenizer_config.json</c>.</summary>
+    static (Dictionary<string, int> Added, int PadId) ReadConfig(string config)
+    {
+        var added = new Dictionary<string, int>(StringComparer.Ordinal);
+        string pad;
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(config));
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("added_tokens_decoder", out var decoder) || decoder.ValueKind != JsonValueKind.Object)
+                throw new InvalidDataException($"{config}: no \"added_tokens_decoder\" object");
+            foreach (var p in decoder.EnumerateObject())
+            {
+                if (!int.TryParse(p.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id)
+                    || p.Value.ValueKind != JsonValueKind.Object || !p.Value.TryGetProperty("content", out var text) || text.ValueKind != JsonValueKind.String)
+                    throw new InvalidDataException($"{config}: added token \"{p.Name}\" is not {{id: {{\"content\": TEXT}}}}");
+                added[text.GetString()!] = id;
+            }
+            // pad_token is a string, or an AddedToken object with its text in "content".
+            if (!root.TryGetProperty("pad_token", out var padElement)) throw new InvalidDataException($"{config}: no pad_token");
+            if (padElement.ValueKind == JsonValueKind.Object && padElement.TryGetProperty("content", out var content)) padElement = content;
+            pad = padElement.ValueKind == JsonValueKind.String ? padElement.GetString()! : throw new InvalidDataException($"{config}: pad_token is not a string");
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{config}: not valid JSON ({e.Message})", e); }
+        if (!added.TryGetValue(pad, out int padId)) throw new InvalidDataException($"{config}: pad token '{pad}' is not an added token");
+        return (added, padId);
     }
 
     /// <summary>Token ids of <paramref name="text"/> (no template, no special tokens added; added-token texts in it are matched).</summary>

@@ -1,4 +1,5 @@
 using System.Text.Encodings.Web;
+using InferenceServer.Models.Files;
 using System.Text.Json;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -9,7 +10,7 @@ namespace InferenceServer.Models.Weights;
 /// Writes safetensors files: <c>u64-LE header length, JSON header padded with spaces to a multiple of 8, data</c>.
 /// The header is built from the specs before any data, so the streaming overloads hold one tensor at a time:
 /// each is produced, converted to its spec's dtype, written and disposed. Files appear under their name only
-/// once complete (written to <c>*.partial</c>, then renamed).
+/// once complete (<see cref="AtomicFile"/>: a temporary in the same folder, renamed when complete).
 /// </summary>
 public static class SafetensorsWriter
 {
@@ -65,7 +66,7 @@ public static class SafetensorsWriter
         }
 
         string indexPath = Path.Combine(directory, baseName + ".safetensors.index.json");
-        AtomicWrite(indexPath, fs =>
+        AtomicFile.Write(indexPath, fs =>
         {
             using var w = new Utf8JsonWriter(fs, new JsonWriterOptions { Indented = true });
             w.WriteStartObject();
@@ -121,7 +122,7 @@ public static class SafetensorsWriter
     {
         CheckNames(specs, path);
         var header = Header(specs, metadata);
-        AtomicWrite(path, fs =>
+        AtomicFile.Write(path, fs =>
         {
             fs.Write(BitConverter.GetBytes((ulong)header.Length));
             fs.Write(header);
@@ -170,22 +171,6 @@ public static class SafetensorsWriter
             if (string.IsNullOrEmpty(s.Name) || s.Name == "__metadata__") throw new ArgumentException($"{where}: invalid tensor name '{s.Name}'");
             if (!seen.Add(s.Name)) throw new ArgumentException($"{where}: tensor '{s.Name}' appears twice");
             if (s.Shape.Any(d => d < 0)) throw new ArgumentException($"{where}: tensor '{s.Name}' has a negative dimension {s.ShapeText}");
-        }
-    }
-
-    static void AtomicWrite(string path, Action<FileStream> write)
-    {
-        string partial = path + ".partial";
-        try
-        {
-            using (var fs = new FileStream(partial, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
-                write(fs);
-            File.Move(partial, path, overwrite: true);
-        }
-        catch
-        {
-            File.Delete(partial);
-            throw;
         }
     }
 }

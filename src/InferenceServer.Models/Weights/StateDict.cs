@@ -46,7 +46,8 @@ public static class StateDict
     /// <paramref name="dtype"/> the module's floating-point parameters and buffers are first converted to it;
     /// otherwise each tensor keeps its module dtype (a BF16 file loads into an FP32 module as FP32).
     /// strict: any missing, unexpected or mis-shaped key throws an <see cref="InvalidDataException"/> naming them,
-    /// before anything is copied. Not strict: what matches is loaded and the report says what did not.
+    /// before anything is copied. Not strict: what matches is loaded and the report says what did not. Either way a tensor
+    /// holding NaN or infinity throws an <see cref="InvalidDataException"/> naming it (<see cref="FiniteCheck"/>).
     /// </summary>
     public static LoadReport Load(nn.Module module, ITensorSource source, bool strict = true, Func<string, string?>? keyMap = null, ScalarType? dtype = null)
     {
@@ -67,7 +68,8 @@ public static class StateDict
         }
         var missing = targets.Keys.Where(k => !seen.ContainsKey(k)).ToList();
         var report = new LoadReport(missing, unexpected, mismatched) { Loaded = pairs.Count };
-        if (strict) report.ThrowIfNotClean(source is SafetensorsFile f ? f.Path : source is ShardedSafetensors s ? s.Path : "checkpoint");
+        string where = source is SafetensorsFile f ? f.Path : source is ShardedSafetensors s ? s.Path : "checkpoint";
+        if (strict) report.ThrowIfNotClean(where);
 
         if (dtype is { } d)
         {
@@ -80,6 +82,9 @@ public static class StateDict
         {
             using var t = source.Load(key, target.dtype);
             target.copy_(t);
+            // A NaN or infinite weight turns every image black (or noise) with no error: refuse it here, naming the tensor.
+            // Checked where the weight now lives: on a GPU that costs nothing next to the copy.
+            if (!FiniteCheck.AllFinite(target)) throw new InvalidDataException($"{where}: tensor '{key}' holds non-finite values (NaN or infinity); the checkpoint is damaged");
         }
         return report;
     }

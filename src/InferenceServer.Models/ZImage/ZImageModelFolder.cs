@@ -71,6 +71,11 @@ public static class ZImageModelFolder
                 string config = Path.Combine(tPath, "config.json");
                 var tc = File.Exists(config) ? ZImageConfig.FromDiffusersConfig(config)
                     : ModelCards.MarkedCard(dir) is not null ? card.Transformer : ZImageConfig.FromTensors(source);
+                // The card's shapes against the headers before the transformer is built (a wrong marker would otherwise allocate
+                // the card's whole model first). Extra tensors are left to the strict load, which knows every naming's extras.
+                var view = ZImageCheckpoint.AsDiffusers(new NonDisposingSource(source));
+                if (ShapeCheck.FirstDifference(view, ZImageSpecs.Transformer(tc).Select(s => (s.Name, s.Shape)), _ => true) is { } why)
+                    throw new InvalidDataException($"{tPath} is not the transformer of {(File.Exists(config) ? config : $"model card '{card.Name}'")}: {why}");
                 transformer = new ZImageTransformer(tc, device, dtype);
                 var r = ZImageCheckpoint.Load(transformer, source, options.Quantization, strict: true, dtype: dtype);
                 report.Add($"folder {dir}: family zimage ({(ZImageCheckpoint.IsSingleFile(source.Entries.Select(e => e.Name)) ? "single-file" : "diffusers")} transformer), model card {card.Name}, dtype {dtype}, device {device}");

@@ -73,6 +73,7 @@ public static class ZImageRandomModel
                 ["transformer"] = new JsonArray("diffusers", "ZImageTransformer2DModel"),
                 ["vae"] = new JsonArray("diffusers", "AutoencoderKL"),
             });
+        // The marker last: a folder that has it is complete.
         Flux2RandomModel.WriteJson(Path.Combine(outDir, ModelCards.MarkerFile), new JsonObject { ["model_card"] = card.Name, ["random_seed"] = seed, ["dtype"] = dtype.ToString() });
     }
 

@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using InferenceServer.Models;
+using InferenceServer.Models.Files;
 using InferenceServer.Models.Runtime;
 using InferenceServer.Pipeline.Generation;
 using Spectre.Console;
@@ -56,18 +57,9 @@ internal static class BenchCommand
             { model, size, steps, batch, dtype, runs, warmup, device, json, prompt, peak };
         command.SetAction(r =>
         {
-            var err = r.InvocationConfiguration.Error;
-            try
-            {
-                var s = new Settings(r.GetValue(model)!, r.GetValue(size)!, r.GetValue(steps), r.GetValue(batch), r.GetValue(dtype)!, r.GetValue(runs),
-                    r.GetValue(warmup), r.GetValue(device)!, r.GetValue(json), r.GetValue(prompt)!, r.GetValue(peak));
-                return Run(s);
-            }
-            catch (Exception e) when (e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException)
-            {
-                err.WriteLine($"error: {e.Message.ReplaceLineEndings(" ")}");
-                return 2;
-            }
+            var s = new Settings(r.GetValue(model)!, r.GetValue(size)!, r.GetValue(steps), r.GetValue(batch), r.GetValue(dtype)!, r.GetValue(runs),
+                r.GetValue(warmup), r.GetValue(device)!, r.GetValue(json), r.GetValue(prompt)!, r.GetValue(peak));
+            return Run(s);
         });
         return command;
     }
@@ -125,7 +117,7 @@ internal static class BenchCommand
         {
             var dir = Path.GetDirectoryName(Path.GetFullPath(path));
             if (dir is not null) Directory.CreateDirectory(dir);
-            File.WriteAllText(path, report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            AtomicFile.WriteAllText(path, report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             AnsiConsole.MarkupLine($"wrote [green]{Markup.Escape(path)}[/]");
         }
         return 0;

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using InferenceServer.Models;
+using InferenceServer.Models.Files;
 using InferenceServer.Models.Lora;
 using InferenceServer.Models.Runtime;
 using InferenceServer.Pipeline.Generation;
@@ -46,35 +47,26 @@ internal static class GenerateCommand
             { model, prompt, image, size, aspect, resolution, n, seed, steps, guidance, format, quality, dtype, device, repeat, lora, loraDir, outFile };
         command.SetAction(r =>
         {
-            var err = r.InvocationConfiguration.Error;
-            try
+            if (!ImageFormats.TryParse(r.GetValue(format), out var fmt)) throw new ArgumentException($"format '{r.GetValue(format)}': expected {ImageFormats.Accepted}");
+            var files = r.GetValue(image) ?? [];
+            if (edit && files.Length == 0) throw new ArgumentException("edit needs at least one --image");
+            var refs = files.Select(f => File.Exists(f) ? File.ReadAllBytes(f) : throw new ArgumentException($"image {f}: no such file")).ToList();
+            var request = new GenerationRequest
             {
-                if (!ImageFormats.TryParse(r.GetValue(format), out var fmt)) throw new ArgumentException($"format '{r.GetValue(format)}': expected {ImageFormats.Accepted}");
-                var files = r.GetValue(image) ?? [];
-                if (edit && files.Length == 0) throw new ArgumentException("edit needs at least one --image");
-                var refs = files.Select(f => File.Exists(f) ? File.ReadAllBytes(f) : throw new ArgumentException($"image {f}: no such file")).ToList();
-                var request = new GenerationRequest
-                {
-                    Prompt = r.GetValue(prompt)!,
-                    References = refs,
-                    Size = new SizeRequest(r.GetValue(size), r.GetValue(aspect), r.GetValue(resolution)),
-                    Count = r.GetValue(n),
-                    Seed = r.GetValue(seed),
-                    Steps = r.GetValue(steps),
-                    Guidance = r.GetValue(guidance),
-                    Format = fmt,
-                    Quality = r.GetValue(quality),
-                };
-                // Files are found before the model loads, so a wrong name fails at once.
-                var dir = r.GetValue(loraDir);
-                var adapters = (r.GetValue(lora) ?? []).Select(LoraSpec.Parse).Select(l => (Path: l.Resolve(dir), l.Scale)).ToList();
-                return Run(r.GetValue(model)!, request, adapters, r.GetValue(dtype)!, r.GetValue(device)!, r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
-            }
-            catch (Exception e) when (e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException or ImageDecodeException)
-            {
-                err.WriteLine($"error: {e.Message}");
-                return 2;
-            }
+                Prompt = r.GetValue(prompt)!,
+                References = refs,
+                Size = new SizeRequest(r.GetValue(size), r.GetValue(aspect), r.GetValue(resolution)),
+                Count = r.GetValue(n),
+                Seed = r.GetValue(seed),
+                Steps = r.GetValue(steps),
+                Guidance = r.GetValue(guidance),
+                Format = fmt,
+                Quality = r.GetValue(quality),
+            };
+            // Files are found before the model loads, so a wrong name fails at once.
+            var dir = r.GetValue(loraDir);
+            var adapters = (r.GetValue(lora) ?? []).Select(LoraSpec.Parse).Select(l => (Path: l.Resolve(dir), l.Scale)).ToList();
+            return Run(r.GetValue(model)!, request, adapters, r.GetValue(dtype)!, r.GetValue(device)!, r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
         });
         return command;
     }
@@ -140,7 +132,7 @@ internal static class GenerateCommand
         for (int i = 0; i < res.Images.Count; i++)
         {
             string path = OutputPath(outFile, i, res.Images.Count);
-            File.WriteAllBytes(path, res.Images[i].Image.Bytes);
+            AtomicFile.WriteAllBytes(path, res.Images[i].Image.Bytes); // never a 0-byte or cut image under the final name
             AnsiConsole.MarkupLine($"wrote [green]{Markup.Escape(path)}[/] ({res.Width}x{res.Height}, seed {res.Images[i].Seed})");
         }
         var table = new Table().AddColumn("stage").AddColumn(new TableColumn("ms").RightAligned());

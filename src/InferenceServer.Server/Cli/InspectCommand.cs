@@ -41,27 +41,19 @@ internal static class InspectCommand
 
     internal static int Run(string path, bool json, TextWriter output, TextWriter error)
     {
-        try
+        TorchRuntime.EnsureInitialized();
+        var found = Checkpoint.Discover(path);
+        if (found.Count == 0) throw new FileNotFoundException($"{Path.GetFullPath(path)}: no safetensors checkpoint in this folder");
+        var summaries = Scan(found, ShowProgress(found, error));
+        // A model folder: say which family the registry sees (card family key first, else the tensors).
+        if (Directory.Exists(path) && !json)
         {
-            TorchRuntime.EnsureInitialized();
-            var found = Checkpoint.Discover(path);
-            if (found.Count == 0) throw new FileNotFoundException($"{Path.GetFullPath(path)}: no safetensors checkpoint in this folder");
-            var summaries = Scan(found, ShowProgress(found, error));
-            // A model folder: say which family the registry sees (card family key first, else the tensors).
-            if (Directory.Exists(path) && !json)
-            {
-                try { output.WriteLine($"model folder: family {ModelFamilies.Detect(path).Name}{(ModelCards.MarkedCard(path) is { } card ? $", card {card}" : "")}"); }
-                catch (InvalidDataException e) { output.WriteLine($"model folder: {e.Message}"); }
-            }
-            if (json) WriteJson(summaries, output);
-            else WriteTables(summaries, output);
-            return 0;
+            try { output.WriteLine($"model folder: family {ModelFamilies.Detect(path).Name}{(ModelCards.MarkedCard(path) is { } card ? $", card {card}" : "")}"); }
+            catch (InvalidDataException e) { output.WriteLine($"model folder: {e.Message}"); }
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
-        {
-            error.WriteLine($"error: {e.Message}");
-            return 1;
-        }
+        if (json) WriteJson(summaries, output);
+        else WriteTables(summaries, output);
+        return 0;
     }
 
     static IAnsiConsole? ShowProgress(IReadOnlyList<string> found, TextWriter error)

@@ -24,49 +24,41 @@ internal static class QuantizeCommand
         var input = new Argument<string>("in") { Description = "A model folder, or a transformer checkpoint with BFL keys (.safetensors, index or folder)" };
         var output = new Argument<string>("out") { Description = "Output folder (for a model folder) or .safetensors file" };
         var command = new Command("quantize", "Quantize a FLUX.2 transformer to 8-bit weights (fp8 or int8), streaming tensor by tensor") { to, input, output };
-        command.SetAction(r => Run(r.GetValue(to)!, r.GetValue(input)!, r.GetValue(output)!, r.InvocationConfiguration.Error));
+        command.SetAction(r => Run(r.GetValue(to)!, r.GetValue(input)!, r.GetValue(output)!));
         return command;
     }
 
-    static int Run(string toName, string input, string output, TextWriter error)
+    static int Run(string toName, string input, string output)
     {
-        try
-        {
-            TorchRuntime.EnsureInitialized();
-            var to = WeightQuantizer.Parse(toName);
-            bool folder = IsModelFolder(input);
-            AnsiConsole.MarkupLine($"[bold]quantize[/] {Markup.Escape(Path.GetFullPath(input))} -> {Markup.Escape(Path.GetFullPath(output))}: transformer to {toName}{(folder ? " (model folder)" : "")}");
-            string written = "";
-            AnsiConsole.Progress()
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
+        TorchRuntime.EnsureInitialized();
+        var to = WeightQuantizer.Parse(toName);
+        bool folder = IsModelFolder(input);
+        AnsiConsole.MarkupLine($"[bold]quantize[/] {Markup.Escape(Path.GetFullPath(input))} -> {Markup.Escape(Path.GetFullPath(output))}: transformer to {toName}{(folder ? " (model folder)" : "")}");
+        string written = "";
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                ProgressTask? task = null;
+                void Report(long done, long total)
                 {
-                    ProgressTask? task = null;
-                    void Report(long done, long total)
-                    {
-                        task ??= ctx.AddTask("transformer", maxValue: Math.Max(1, total));
-                        task.Value = done;
-                    }
-                    if (folder) written = Flux2Quantize.WriteFolder(input, output, to, (_, done, total) => Report(done, total));
-                    else
-                    {
-                        using var source = Checkpoint.Open(input);
-                        if (Flux2Checkpoint.IsDiffusers(source))
-                            throw new InvalidDataException($"{input}: diffusers tensor names; quantize the whole model folder instead (its card gives the key mapping)");
-                        long total = Flux2Quantize.OutputBytes(source, to);
-                        Flux2Quantize.WriteTransformer(source, output, to, new Inline(done => Report(done, total)),
-                            new Dictionary<string, string> { ["generator"] = $"inference-server quantize --to {toName}" });
-                        written = Path.GetFullPath(output);
-                    }
-                });
-            AnsiConsole.MarkupLine($"wrote [green]{Markup.Escape(written)}[/] ({new FileInfo(written).Length / 1e6:N1} MB)");
-            return 0;
-        }
-        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or UnauthorizedAccessException)
-        {
-            error.WriteLine($"error: {e.Message}");
-            return 1;
-        }
+                    task ??= ctx.AddTask("transformer", maxValue: Math.Max(1, total));
+                    task.Value = done;
+                }
+                if (folder) written = Flux2Quantize.WriteFolder(input, output, to, (_, done, total) => Report(done, total));
+                else
+                {
+                    using var source = Checkpoint.Open(input);
+                    if (Flux2Checkpoint.IsDiffusers(source))
+                        throw new InvalidDataException($"{input}: diffusers tensor names; quantize the whole model folder instead (its card gives the key mapping)");
+                    long total = Flux2Quantize.OutputBytes(source, to);
+                    Flux2Quantize.WriteTransformer(source, output, to, new Inline(done => Report(done, total)),
+                        new Dictionary<string, string> { ["generator"] = $"inference-server quantize --to {toName}" });
+                    written = Path.GetFullPath(output);
+                }
+            });
+        AnsiConsole.MarkupLine($"wrote [green]{Markup.Escape(written)}[/] ({new FileInfo(written).Length / 1e6:N1} MB)");
+        return 0;
     }
 
     /// <summary>A complete model folder (transformer plus text encoder), as opposed to a transformer checkpoint.</summary>

@@ -44,20 +44,12 @@ internal static class RandomCheckpointCommand
         TorchRuntime.EnsureInitialized();
         if (preset.StartsWith("zimage-", StringComparison.Ordinal)) return RunZImage(preset, layoutName ?? "diffusers", outDir, dtypeName, seed);
         layoutName ??= "bfl";
-        if (layoutName == "single-file")
-        {
-            AnsiConsole.MarkupLine("[red]error[/]: --layout single-file is for Z-Image presets; FLUX.2 writes bfl or diffusers");
-            return 1;
-        }
+        if (layoutName == "single-file") throw new ArgumentException("--layout single-file is for Z-Image presets; FLUX.2 writes bfl or diffusers");
         var card = ModelCards.Load("flux2-" + preset);
         var layout = layoutName == "diffusers" ? Flux2Layout.Diffusers : Flux2Layout.Bfl;
         var dtype = dtypeName == "fp32" ? ScalarType.Float32 : ScalarType.BFloat16;
         var quantization = dtypeName is "fp8" or "int8" ? WeightQuantizer.Parse(dtypeName) : WeightQuantization.None;
-        if (quantization != WeightQuantization.None && layout != Flux2Layout.Bfl)
-        {
-            AnsiConsole.MarkupLine($"[red]error[/]: --dtype {dtypeName} writes the BFL layout only");
-            return 1;
-        }
+        if (quantization != WeightQuantization.None && layout != Flux2Layout.Bfl) throw new ArgumentException($"--dtype {dtypeName} writes the BFL layout only");
         var specs = Flux2RandomCheckpoint.Specs(card.Transformer, layout, dtype);
         AnsiConsole.MarkupLine($"[bold]{Markup.Escape(card.Name)}[/]: transformer {specs.Count} tensors, {Flux2Specs.ParameterCount(card.Transformer):N0} parameters; VAE {Markup.Escape(card.Vae)}; text encoder {Markup.Escape(card.TextEncoder)}; {dtypeName}, layout {layoutName}, seed {seed}");
         WithProgress(progress => Flux2RandomModel.Write(card, layout, outDir, dtype, seed, progress, quantization));
@@ -68,10 +60,7 @@ internal static class RandomCheckpointCommand
     static int RunZImage(string preset, string layoutName, string outDir, string dtypeName, long seed)
     {
         if (layoutName == "bfl" || dtypeName is "fp8" or "int8")
-        {
-            AnsiConsole.MarkupLine($"[red]error[/]: Z-Image folders are written as diffusers or single-file in bf16/fp32; choose 8-bit at load time (--dtype {dtypeName} on serve, generate, bench)");
-            return 1;
-        }
+            throw new ArgumentException($"Z-Image folders are written as diffusers or single-file in bf16/fp32; choose 8-bit at load time (--dtype {dtypeName} on serve, generate, bench)");
         var card = ZImageModelCard.Load(preset);
         var dtype = dtypeName == "fp32" ? ScalarType.Float32 : ScalarType.BFloat16;
         var specs = ZImageSpecs.Transformer(card.Transformer, dtype);

@@ -31,17 +31,8 @@ internal static class RandomLoraCommand
             { model, rank, seed, targets, format, dtype, outFile };
         command.SetAction(r =>
         {
-            var output = r.InvocationConfiguration.Output;
-            try
-            {
-                return Run(r.GetValue(model)!, r.GetValue(rank), r.GetValue(seed), r.GetValue(targets) == "attention",
-                    LoraWriter.ParseFormat(r.GetValue(format)!), r.GetValue(dtype)!, r.GetValue(outFile)!, output);
-            }
-            catch (Exception e) when (e is ArgumentException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException)
-            {
-                r.InvocationConfiguration.Error.WriteLine($"error: {e.Message}");
-                return 2;
-            }
+            return Run(r.GetValue(model)!, r.GetValue(rank), r.GetValue(seed), r.GetValue(targets) == "attention",
+                LoraWriter.ParseFormat(r.GetValue(format)!), r.GetValue(dtype)!, r.GetValue(outFile)!, r.InvocationConfiguration.Output);
         });
         return command;
     }

@@ -78,22 +78,22 @@ public sealed class InspectCommandTests : IDisposable
     }
 
     [Fact]
-    public async Task Missing_path_is_one_line_on_stderr_and_exit_code_1()
+    public async Task Missing_path_is_one_line_on_stderr_and_exit_code_2()
     {
         string missing = Path.Combine(dir, "nope.safetensors");
         var (code, output, error) = await Run("inspect", missing);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code); // exit code 2 as every verb's user error (was 1 for inspect alone)
         Assert.Equal("", output);
         Assert.Equal($"error: {missing}: no such file or folder", error.TrimEnd('\n'));
     }
 
     [Fact]
-    public async Task Malformed_file_is_one_line_on_stderr_and_exit_code_1()
+    public async Task Malformed_file_is_one_line_on_stderr_and_exit_code_2()
     {
         string path = Path.Combine(dir, "bad.safetensors");
         File.WriteAllBytes(path, [.. BitConverter.GetBytes(4UL), .. "{\"a\""u8.ToArray()]);
         var (code, output, error) = await Run("inspect", path);
-        Assert.Equal(1, code);
+        Assert.Equal(2, code); // exit code 2 as every verb's user error (was 1 for inspect alone)
         Assert.Equal("", output);
         Assert.Single(error.TrimEnd('\n').Split('\n'));
         Assert.StartsWith($"error: {path}: header is not valid JSON", error);
