@@ -101,7 +101,7 @@ internal static class BenchCommand
         };
 
         var warmupMs = new List<double>();
-        for (int k = 0; k < s.Warmup; k++) warmupMs.Add(TimedRun(pipeline, Request(-1 - k), device).WallMs);
+        for (int k = 0; k < s.Warmup; k++) warmupMs.Add(TimedRun(pipeline, Request(s.Runs + k), device).WallMs);   // prompts and seeds the runs do not use
         if (warmupMs.Count > 0) AnsiConsole.MarkupLine($"warm-up: {string.Join(", ", warmupMs.Select(F1))} ms");
 
         var runs = new List<(GenerationResult Result, double WallMs)>();
