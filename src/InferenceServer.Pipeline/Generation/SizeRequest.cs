@@ -40,7 +40,7 @@ public sealed record SizeRequest(string? Size = null, string? AspectRatio = null
                 var parts = size.Split('x', 'X');
                 if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int w)
                     || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int h))
-                    throw new RequestException("size", $"size '{Size}': expected WxH (e.g. 1024x768), W:H (e.g. 16:9) or auto");
+                    throw new RequestException("size", $"size {ClientText.Quote(Size)}: expected WxH (e.g. 1024x768), W:H (e.g. 16:9) or auto");
                 if (w < limits.MinSide || h < limits.MinSide || w > limits.MaxSide || h > limits.MaxSide)
                     throw new RequestException("size", $"size {w}x{h}: each side must be {limits.MinSide} to {limits.MaxSide} pixels");
                 raw = (w, h);
@@ -79,7 +79,7 @@ public sealed record SizeRequest(string? Size = null, string? AspectRatio = null
             return a / b;
         if (parts.Length == 1 && double.TryParse(parts[0], NumberStyles.Float, CultureInfo.InvariantCulture, out double r) && r is >= 1 / 16.0 and <= 16)
             return r;
-        throw new RequestException(what.Replace(' ', '_'), $"{what} '{text}': expected W:H with positive numbers (e.g. 16:9), at most 16:1");
+        throw new RequestException(what.Replace(' ', '_'), $"{what} {ClientText.Quote(text)}: expected W:H with positive numbers (e.g. 16:9), at most 16:1");
     }
 
     static int TierScale(string? tier) => tier?.Trim().ToUpperInvariant() switch
@@ -87,6 +87,6 @@ public sealed record SizeRequest(string? Size = null, string? AspectRatio = null
         null or "" or "1K" => 1,
         "2K" => 2,
         "4K" => 4,
-        _ => throw new RequestException("resolution", $"resolution '{tier}': expected 1K, 2K or 4K"),
+        _ => throw new RequestException("resolution", $"resolution {ClientText.Quote(tier)}: expected 1K, 2K or 4K"),
     };
 }

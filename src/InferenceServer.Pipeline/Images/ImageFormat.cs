@@ -46,5 +46,5 @@ public static class ImageFormats
     /// <summary>Like <see cref="TryParse"/>, but an unknown name throws a <see cref="FormatException"/> listing the accepted ones.</summary>
     public static ImageFormat Parse(string? text) =>
         TryParse(text, out var f) ? f
-            : throw new FormatException($"unsupported image format '{text}': use one of {Accepted}");
+            : throw new FormatException($"unsupported image format {Generation.ClientText.Quote(text)}: use one of {Accepted}");
 }

@@ -248,7 +248,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     {
         if (string.IsNullOrEmpty(name)) return models[0];
         return models.FirstOrDefault(m => string.Equals(m.Name, name, StringComparison.OrdinalIgnoreCase))
-            ?? throw new ServiceException(ErrorKind.NotFound, $"model '{name}' is not served here; served: {string.Join(", ", models.Select(m => m.Name))}", "model");
+            ?? throw new ServiceException(ErrorKind.NotFound, $"model {ClientText.Quote(name)} is not served here; served: {string.Join(", ", models.Select(m => m.Name))}", "model");
     }
 
     /// <summary>What only the server knows; everything about the generation itself is checked once by the pipeline's Prepare.</summary>

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
+using InferenceServer.Pipeline.Generation;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
 using InferenceServer.Server.Observability;
@@ -44,7 +45,7 @@ public sealed class GrpcCallInterceptor(IOptions<ServerOptions> options, ServerM
                 e = new ServiceException(ErrorKind.DeadlineExceeded, "the request did not finish within its deadline", inner: e);
             var rpc = ToRpc(e, context);
             code = rpc.StatusCode;
-            if (e.Kind == ErrorKind.Internal) log.LogError(e, "request {Id}: {Message}", RequestId(context), LogText.Escape(e.Message));
+            if (e.Kind == ErrorKind.Internal) log.LogError(e, "request {Id}: {Message}", RequestId(context), ClientText.ForLog(e.Message));
             throw rpc;
         }
         catch (RpcException e)

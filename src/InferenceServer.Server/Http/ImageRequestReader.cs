@@ -58,7 +58,7 @@ public static class ImageRequestReader
         }
         if (!request.HasFormContentType)
             throw new ServiceException(ErrorKind.InvalidArgument,
-                $"Content-Type '{request.ContentType ?? "(none)"}' is not supported: send application/json or multipart/form-data", "Content-Type");
+                $"Content-Type {ClientText.Quote(request.ContentType ?? "(none)")} is not supported: send application/json or multipart/form-data", "Content-Type");
 
         context.Features.Set<IFormFeature>(new FormFeature(request, new FormOptions
         {
@@ -101,7 +101,7 @@ public static class ImageRequestReader
     {
         string? sequential = fields.String("sequential_image_generation");
         if (sequential is not null && !sequential.Equals("disabled", StringComparison.OrdinalIgnoreCase))
-            throw ServiceException.Invalid("sequential_image_generation", $"sequential_image_generation '{sequential}': only 'disabled' is supported");
+            throw ServiceException.Invalid("sequential_image_generation", $"sequential_image_generation {ClientText.Quote(sequential)}: only 'disabled' is supported");
         if (fields.Bool("stream") == true)
             throw ServiceException.Invalid("stream", "stream: streaming responses are not supported over HTTP; use the gRPC API for progress events");
 
@@ -109,11 +109,11 @@ public static class ImageRequestReader
         {
             null or "" or "url" => ResponseFormat.Url,
             "b64_json" => ResponseFormat.B64Json,
-            var other => throw ServiceException.Invalid("response_format", $"response_format '{other}': use url or b64_json"),
+            var other => throw ServiceException.Invalid("response_format", $"response_format {ClientText.Quote(other)}: use url or b64_json"),
         };
         var format = ImageFormat.Png;
         if (fields.String("output_format") is { Length: > 0 } f && !ImageFormats.TryParse(f, out format))
-            throw ServiceException.Invalid("output_format", $"output_format '{f}': use one of {ImageFormats.Accepted}");
+            throw ServiceException.Invalid("output_format", $"output_format {ClientText.Quote(f)}: use one of {ImageFormats.Accepted}");
         int? quality = fields.Int("output_compression");                 // range checked once, by the pipeline
         long? seed = fields.Long("seed");
         if (seed == -1) seed = null;   // Seedream: -1 = random; the range is the pipeline's (GenerationRequest.MaxSeed)
@@ -146,7 +146,7 @@ public static class ImageRequestReader
         if (!request.Headers.TryGetValue(TimeoutHeader, out var values)) return null;
         string text = values.ToString().Trim();
         if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) || !(seconds > 0) || seconds > MaxTimeout.TotalSeconds)
-            throw ServiceException.Invalid(TimeoutHeader, $"{TimeoutHeader} '{text}': a positive number of seconds, at most {MaxTimeout.TotalSeconds:0}, is expected");
+            throw ServiceException.Invalid(TimeoutHeader, $"{TimeoutHeader} {ClientText.Quote(text)}: a positive number of seconds, at most {MaxTimeout.TotalSeconds:0}, is expected");
         return TimeSpan.FromSeconds(seconds);
     }
 
@@ -220,15 +220,14 @@ public static class ImageRequestReader
 
         internal static string Describe(JsonElement v) => v.ValueKind switch
         {
-            JsonValueKind.String => TryText(v) is { } t ? $"the string \"{Truncate(t)}\"" : "a string that is not valid Unicode",
-            JsonValueKind.Number => $"the number {v.GetRawText()}",
+            JsonValueKind.String => TryText(v) is { } t ? $"the string {ClientText.Quote(t)}" : "a string that is not valid Unicode",
+            JsonValueKind.Number => $"the number {ClientText.Quote(v.GetRawText())}",
             JsonValueKind.True or JsonValueKind.False => $"the boolean {v.GetRawText()}",
             JsonValueKind.Array => "an array",
             JsonValueKind.Object => "an object",
             _ => v.ValueKind.ToString().ToLowerInvariant(),
         };
 
-        static string Truncate(string s) => s.Length <= 40 ? s : s[..40] + "...";
     }
 
     /// <summary>A JSON string's value; invalid UTF-8 or an unpaired surrogate (<c>"\ud800"</c>) is a 400 naming the field, not a 500.</summary>
@@ -281,13 +280,13 @@ public static class ImageRequestReader
             form.TryGetValue(name, out var v) && v.Count > 0 ? v[^1] : null;
 
         public long? Long(string name) => String(name) is not { } s ? null
-            : long.TryParse(s.Trim(), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long l) ? l : throw WrongType(name, "an integer", $"'{s}'");
+            : long.TryParse(s.Trim(), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out long l) ? l : throw WrongType(name, "an integer", ClientText.Quote(s));
 
         public double? Double(string name) => String(name) is not { } s ? null
-            : double.TryParse(s.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double d) ? d : throw WrongType(name, "a number", $"'{s}'");
+            : double.TryParse(s.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double d) ? d : throw WrongType(name, "a number", ClientText.Quote(s));
 
         public bool? Bool(string name) => String(name) is not { } s ? null
-            : bool.TryParse(s.Trim(), out bool b) ? b : throw WrongType(name, "true or false", $"'{s}'");
+            : bool.TryParse(s.Trim(), out bool b) ? b : throw WrongType(name, "true or false", ClientText.Quote(s));
 
         /// <summary>A text field <c>loras</c> holding the JSON array (multipart has no nested fields).</summary>
         public List<RequestedLora> Loras()
@@ -295,7 +294,7 @@ public static class ImageRequestReader
             if (String("loras") is not { } text || string.IsNullOrWhiteSpace(text)) return [];
             JsonDocument doc;
             try { doc = JsonDocument.Parse(text); }
-            catch (JsonException) { throw WrongType("loras", "a JSON array of {\"name\", \"scale\"} objects", $"'{(text.Length <= 40 ? text : text[..40] + "...")}'"); }
+            catch (JsonException) { throw WrongType("loras", "a JSON array of {\"name\", \"scale\"} objects", ClientText.Quote(text)); }
             using (doc) return ReadLoras(doc.RootElement);
         }
     }

@@ -1,3 +1,4 @@
+using InferenceServer.Pipeline.Generation;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
 using InferenceServer.Server.Observability;
@@ -68,7 +69,7 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
         }
         catch (Exception e) when (!context.Response.HasStarted)
         {
-            log.LogError(e, "unhandled error answering {Method} {Path}", LogText.Escape(context.Request.Method), LogText.Escape(context.Request.Path.Value));
+            log.LogError(e, "unhandled error answering {Method} {Path}", ClientText.ForLog(context.Request.Method), ClientText.ForLog(context.Request.Path.Value));
             await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.Internal, $"internal error (request id {id})")).ConfigureAwait(false);
             metrics.Answered("http", "500", error: true, 0);
         }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
@@ -66,7 +67,7 @@ public static class OpenAiImagesApi
             catch (Exception e) when (Classify(e, ct) is { } error)
             {
                 if (error.Kind is ErrorKind.Internal) log.LogError(e, "images request failed");
-                else log.LogInformation("images request answered {Kind}: {Message}", error.Kind, LogText.Escape(error.Message));
+                else log.LogInformation("images request answered {Kind}: {Message}", error.Kind, ClientText.ForLog(error.Message));
                 await OpenAiErrors.WriteAsync(context, error).ConfigureAwait(false);
                 status = OpenAiErrors.Status(error.Kind);
             }
@@ -184,7 +185,7 @@ public static class OpenAiImagesApi
             var model = generator.Models.FirstOrDefault(m => string.Equals(m.Name, id, StringComparison.OrdinalIgnoreCase));
             if (model is null)
             {
-                await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.NotFound, $"model '{id}' is not served here", "model")).ConfigureAwait(false);
+                await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.NotFound, $"model {ClientText.Quote(id)} is not served here", "model")).ConfigureAwait(false);
                 return;
             }
             context.Response.ContentType = "application/json";

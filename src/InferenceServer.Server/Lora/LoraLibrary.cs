@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using InferenceServer.Pipeline.Generation;
 using InferenceServer.Models.Lora;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
@@ -97,10 +98,10 @@ public sealed class LoraLibrary : IDisposable
         if (string.IsNullOrWhiteSpace(name)) throw ServiceException.Invalid("loras", $"{field}: an adapter name is required");
         if (name.EndsWith(LoraSpec.Extension, StringComparison.Ordinal)) name = name[..^LoraSpec.Extension.Length];
         if (!LoraFolder.IsPlainName(name))
-            throw ServiceException.Invalid("loras", $"{field}: '{name}' is not an adapter name (a file name in the adapter folder, without {LoraSpec.Extension})");
+            throw ServiceException.Invalid("loras", $"{field}: {ClientText.Quote(name)} is not an adapter name (a file name in the adapter folder, without {LoraSpec.Extension})");
         if (options.Directory is null)
-            throw ServiceException.Invalid("loras", $"{field}: unknown adapter '{name}' (this server has no adapter folder)");
-        return (name, LoraFolder.PathOf(options.Directory, name) ?? throw ServiceException.Invalid("loras", $"{field}: unknown adapter '{name}'"));
+            throw ServiceException.Invalid("loras", $"{field}: unknown adapter {ClientText.Quote(name)} (this server has no adapter folder)");
+        return (name, LoraFolder.PathOf(options.Directory, name) ?? throw ServiceException.Invalid("loras", $"{field}: unknown adapter {ClientText.Quote(name)}"));
     }
 
     /// <summary>The cached entry of (model, name) for the file as it is now, or a new one whose load starts now; held once more.</summary>
@@ -112,7 +113,7 @@ public sealed class LoraLibrary : IDisposable
             var info = new FileInfo(path);
             stamp = (info.Length, info.LastWriteTimeUtc);
         }
-        catch (IOException) { throw ServiceException.Invalid("loras", $"loras[{index}].name: unknown adapter '{name}' (its file just went away)"); }
+        catch (IOException) { throw ServiceException.Invalid("loras", $"loras[{index}].name: unknown adapter {ClientText.Quote(name)} (its file just went away)"); }
         lock (gate)
         {
             ObjectDisposedException.ThrowIf(disposed, this);
