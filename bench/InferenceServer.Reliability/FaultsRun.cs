@@ -23,6 +23,8 @@ public static partial class FaultsRun
     public sealed record Result
     {
         [JsonPropertyName("server")] public string Server { get; init; } = "";
+        /// <summary>The output folder (result.json, summary.md, replay/).</summary>
+        [JsonPropertyName("out")] public string Out { get; init; } = "";
         [JsonPropertyName("cases")] public List<Case> Cases { get; init; } = [];
         [JsonPropertyName("passed_count")] public int PassedCount => Cases.Count(c => c.Status == "pass");
         [JsonPropertyName("failed_count")] public int FailedCount => Cases.Count(c => c.Status == "fail");
@@ -90,7 +92,7 @@ public static partial class FaultsRun
                 await Guard("cli", $"random-checkpoint-killed-at-{at:P0}", "SIGKILL mid-write: every file under a final name is complete (same size as an uninterrupted run)",
                     () => KilledCheckpointAsync(h, model, output.Folder, at, limit.Token)).ConfigureAwait(false);
 
-        var result = new Result { Server = h.ServerDll, Cases = cases };
+        var result = new Result { Server = h.ServerDll, Out = output.Folder, Cases = cases };
         output.Write(result, Markdown(result));
         return result;
     }
@@ -110,9 +112,15 @@ public static partial class FaultsRun
             using var call = client.GenerateStream(new GenerateRequest { Prompt = "kill", Width = 256, Height = 256, Steps = 100, Seed = 1 }, headers, cancellationToken: ct);
             using var http = new HttpClient { BaseAddress = server.HttpBase, Timeout = Timeout.InfiniteTimeSpan };
             if (h.ApiKey is not null) http.DefaultRequestHeaders.Authorization = new("Bearer", h.ApiKey);
+            async Task NextProgress()
+            {
+                while (await call.ResponseStream.MoveNext(ct).ConfigureAwait(false) && call.ResponseStream.Current.EventCase != GenerateEvent.EventOneofCase.Progress) { }
+            }
+            // The HTTP request is sent once the stream's batch runs, so it waits in the queue (or joins the next batch) when the kill lands.
+            await NextProgress().ConfigureAwait(false);
             var httpCall = http.PostAsync("v1/images/generations",
                 new StringContent("""{"prompt":"kill","size":"256x256","steps":100,"response_format":"b64_json"}""", Encoding.UTF8, "application/json"), ct);
-            while (await call.ResponseStream.MoveNext(ct).ConfigureAwait(false) && call.ResponseStream.Current.EventCase != GenerateEvent.EventOneofCase.Progress) { }
+            await NextProgress().ConfigureAwait(false);
             await server.KillAsync().ConfigureAwait(false);
             var sw = Stopwatch.StartNew();
             try

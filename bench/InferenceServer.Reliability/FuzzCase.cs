@@ -32,8 +32,13 @@ public sealed record FuzzCase
 }
 
 /// <summary>What came back: an HTTP status, a gRPC status, a transport error, or nothing within the time limit (a hang).</summary>
-public sealed record Outcome(string Kind, int? HttpStatus, string? GrpcStatus, double Milliseconds, string? Detail)
+public sealed record Outcome(string Kind, int? HttpStatus, string? GrpcStatus, double Milliseconds, string? Detail, long BodyBytes = 0)
 {
+    /// <summary>An error answer this large echoes the request back (a 20 MB model name in a 404 costs the server memory and log space).</summary>
+    public const long MaxErrorBodyBytes = 64 << 10;
+
+    public bool IsOversizedError => Kind == "http" && HttpStatus >= 400 && BodyBytes > MaxErrorBodyBytes;
+
     /// <summary>2xx / 4xx / 5xx for HTTP, grpc:CODE for gRPC, or hang / transport.</summary>
     public string Bucket => Kind switch
     {

@@ -4,7 +4,7 @@ namespace InferenceServer.Reliability;
 /// Case i of a run is a pure function of (seed, i): the classes take turns (so even a small N covers each), and each
 /// case draws from its own <see cref="Random"/>(seed, i). A saved replay therefore names a case another run can rebuild.
 /// </summary>
-public sealed class FuzzGenerator(int seed, ImageSamples samples, string? apiKey)
+public sealed class FuzzGenerator(int seed, ImageSamples samples, string? apiKey, IReadOnlyCollection<string>? only = null)
 {
     delegate FuzzCase Make(Random rng);
 
@@ -29,7 +29,7 @@ public sealed class FuzzGenerator(int seed, ImageSamples samples, string? apiKey
             ("grpc-methods", GrpcMutations.Methods),
         };
         if (apiKey is not null) list.Add(("auth", r => HttpMutations.Auth(r, apiKey)));
-        return list;
+        return only is { Count: > 0 } ? list.Where(c => only.Contains(c.Item1)).ToList() : list;
     }
 
     public IEnumerable<string> ClassNames => Classes.Select(c => c.Class);

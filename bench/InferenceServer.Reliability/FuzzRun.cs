@@ -24,6 +24,8 @@ public static class FuzzRun
         public double RssTolerance { get; init; } = 0.10;
         /// <summary>Also send the real 8000x8000 decompression bomb (accepted by design; minutes of CPU per case).</summary>
         public bool IncludeSlow { get; init; }
+        /// <summary>Only these generator classes (empty: all).</summary>
+        public IReadOnlyCollection<string> Classes { get; init; } = [];
     }
 
     public sealed record Finding(
@@ -34,6 +36,8 @@ public static class FuzzRun
     public sealed record Result
     {
         [JsonPropertyName("server")] public string Server { get; init; } = "";
+        /// <summary>The output folder (result.json, summary.md, replay/).</summary>
+        [JsonPropertyName("out")] public string Out { get; init; } = "";
         [JsonPropertyName("requests")] public int Requests { get; init; }
         [JsonPropertyName("sent")] public int Sent { get; init; }
         [JsonPropertyName("seed")] public int Seed { get; init; }
@@ -43,6 +47,8 @@ public static class FuzzRun
         [JsonPropertyName("defects")] public int Defects { get; init; }
         [JsonPropertyName("hangs")] public int Hangs { get; init; }
         [JsonPropertyName("expectation_failures")] public int ExpectationFailures { get; init; }
+        /// <summary>Error answers over 64 KB (the request echoed back): reported, not a goal of issue 14.</summary>
+        [JsonPropertyName("oversized_error_bodies")] public int OversizedErrorBodies { get; init; }
         [JsonPropertyName("findings")] public List<Finding> Findings { get; init; } = [];
         [JsonPropertyName("rss_before_kb")] public long RssBeforeKb { get; init; }
         [JsonPropertyName("rss_peak_kb")] public long RssPeakKb { get; init; }
@@ -73,8 +79,12 @@ public static class FuzzRun
         await ValidAsync(sender).ConfigureAwait(false);
         long before = await server.SettledRssKbAsync(TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(250)).ConfigureAwait(false);
 
-        var generator = new FuzzGenerator(o.Seed, samples, h.ApiKey);
-        var outcomes = new ConcurrentDictionary<int, (FuzzCase Case, Outcome Outcome, bool ExpectFailed)>();
+        var generator = new FuzzGenerator(o.Seed, samples, h.ApiKey, o.Classes);
+        // Bodies are not kept (some are tens of MB): a case worth keeping is saved to replay/ as soon as it is answered.
+        var outcomes = new ConcurrentDictionary<int, (string Class, Outcome Outcome, bool ExpectFailed)>();
+        int oversizedErrors = 0;
+        var findings = new ConcurrentBag<Finding>();
+        string replayDir = output.PathOf("replay");
         long peak = before;
         int next = -1;
         var sw = Stopwatch.StartNew();
@@ -88,8 +98,14 @@ public static class FuzzRun
                 var c = generator.Case(i);
                 var outcome = await sender.SendAsync(c, limit.Token).ConfigureAwait(false);
                 bool expectFailed = c.Expect is not null && c.Expect != (outcome.HttpStatus?.ToString() ?? outcome.GrpcStatus);
-                outcomes[i] = (c, outcome, expectFailed);
+                outcomes[i] = (c.Class, outcome with { Detail = null }, expectFailed);
+                if (outcome.IsOversizedError) Interlocked.Increment(ref oversizedErrors);
+                if (outcome.IsDefect || outcome.IsHang || expectFailed || outcome.IsOversizedError)
+                    findings.Add(new Finding(i, c.Class, c.Name, outcome.Bucket + (expectFailed ? $" (expected {c.Expect})" : "")
+                        + (outcome.IsOversizedError ? $" with a {outcome.BodyBytes:N0}-byte error body" : ""), outcome.Detail?[..Math.Min(outcome.Detail.Length, 200)],
+                        Replay.Save(replayDir, c, h.ServerDll)));
                 if (i % 20 == 0 && server.RssKb() is { } rss) InterlockedMax(ref peak, rss);
+                if (i % 100 == 99) Console.Error.WriteLine($"fuzz: {i + 1} sent, {sw.Elapsed.TotalSeconds:F0} s");
             }
         }
         try { await Task.WhenAll(Enumerable.Range(0, o.Concurrency).Select(_ => Task.Run(Worker))).ConfigureAwait(false); }
@@ -101,20 +117,14 @@ public static class FuzzRun
         var (validHttp, validGrpc) = alive ? await ValidAsync(sender).ConfigureAwait(false) : ("server exited", "server exited");
         long after = alive ? await server.SettledRssKbAsync(TimeSpan.FromSeconds(60), TimeSpan.FromMilliseconds(500)).ConfigureAwait(false) : 0;
 
-        var findings = new List<Finding>();
-        string replayDir = output.PathOf("replay");
-        foreach (var (i, (c, outcome, expectFailed)) in outcomes.OrderBy(kv => kv.Key))
-            if (outcome.IsDefect || outcome.IsHang || expectFailed)
-                findings.Add(new Finding(i, c.Class, c.Name, outcome.Bucket + (expectFailed ? $" (expected {c.Expect})" : ""), outcome.Detail,
-                    Replay.Save(replayDir, c, h.ServerDll)));
         var result = new Result
         {
-            Server = h.ServerDll, Requests = o.Requests, Sent = outcomes.Count, Seed = o.Seed, Seconds = Math.Round(seconds, 1),
+            Server = h.ServerDll, Out = output.Folder, Requests = o.Requests, Sent = outcomes.Count, Seed = o.Seed, Seconds = Math.Round(seconds, 1),
             ByBucket = new(outcomes.Values.GroupBy(v => v.Outcome.Bucket).ToDictionary(g => g.Key, g => g.Count())),
-            ByClass = new(outcomes.Values.GroupBy(v => v.Case.Class).ToDictionary(g => g.Key,
+            ByClass = new(outcomes.Values.GroupBy(v => v.Class).ToDictionary(g => g.Key,
                 g => new SortedDictionary<string, int>(g.GroupBy(v => v.Outcome.Bucket).ToDictionary(b => b.Key, b => b.Count())))),
             Defects = outcomes.Values.Count(v => v.Outcome.IsDefect), Hangs = outcomes.Values.Count(v => v.Outcome.IsHang),
-            ExpectationFailures = outcomes.Values.Count(v => v.ExpectFailed), Findings = findings,
+            ExpectationFailures = outcomes.Values.Count(v => v.ExpectFailed), Findings = [.. findings.OrderBy(f => f.Index)], OversizedErrorBodies = oversizedErrors,
             RssBeforeKb = before, RssPeakKb = Math.Max(peak, after), RssAfterKb = after,
             RssGrowth = before == 0 ? 0 : Math.Round((after - before) / (double)before, 3),
             RssOk = alive && after <= before * (1 + o.RssTolerance),
@@ -151,6 +161,7 @@ public static class FuzzRun
             ["defects (HTTP 5xx but 503/504, gRPC INTERNAL/UNKNOWN/DATA_LOSS, dropped connections)", r.Defects.ToString()],
             ["hangs (no answer within the per-request limit)", r.Hangs.ToString()],
             ["expectation failures (auth cases not 401 / UNAUTHENTICATED)", r.ExpectationFailures.ToString()],
+            ["error answers over 64 KB (request echoed back; reported, not a goal)", r.OversizedErrorBodies.ToString()],
             ["valid request after (HTTP / gRPC)", $"{r.ValidAfterHttp} / {r.ValidAfterGrpc}"],
             ["RSS before / peak / after (settled)", $"{RunOutput.Mb(r.RssBeforeKb)} / {RunOutput.Mb(r.RssPeakKb)} / {RunOutput.Mb(r.RssAfterKb)} ({r.RssGrowth:+0.0%;-0.0%})"],
         ]));

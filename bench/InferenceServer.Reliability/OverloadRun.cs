@@ -26,6 +26,8 @@ public static class OverloadRun
     public sealed record Result
     {
         [JsonPropertyName("server")] public string Server { get; init; } = "";
+        /// <summary>The output folder (result.json, summary.md, replay/).</summary>
+        [JsonPropertyName("out")] public string Out { get; init; } = "";
         [JsonPropertyName("max_queue")] public int MaxQueued { get; init; } = MaxQueue;
         [JsonPropertyName("sustainable_rps")] public double SustainableRps { get; init; }
         [JsonPropertyName("phases")] public List<Phase> Phases { get; init; } = [];
@@ -65,7 +67,7 @@ public static class OverloadRun
 
         var result = new Result
         {
-            Server = h.ServerDll, SustainableRps = Math.Round(sustainable, 2), Phases = phases, Lost = phases.Sum(p => p.Lost),
+            Server = h.ServerDll, Out = output.Folder, SustainableRps = Math.Round(sustainable, 2), Phases = phases, Lost = phases.Sum(p => p.Lost),
             Defects = phases.Sum(p => p.Other.Where(kv => kv.Key.StartsWith("defect", StringComparison.Ordinal)).Sum(kv => kv.Value)),
             ValidAfterOk = validHttp == "200" && validGrpc == "OK",
         };

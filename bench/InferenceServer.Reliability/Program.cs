@@ -22,6 +22,7 @@ var minutes = new Option<double>("--minutes") { Description = "Soak length", Def
 var fraction = new Option<double>("--fraction") { Description = "Offered rate as a fraction of the sustainable rate", DefaultValueFactory = _ => 0.5 };
 var window = new Option<double>("--window") { Description = "Seconds per soak window", DefaultValueFactory = _ => 30 };
 var slow = new Option<bool>("--include-slow") { Description = "fuzz: also send a real 8000x8000 decompression bomb (valid, minutes of CPU each)" };
+var classes = new Option<string?>("--classes") { Description = "fuzz: only these generator classes, comma-separated (json-fields, json-structure, utf8, oversized, image, image-json, multipart, http, grpc-fields, grpc-utf8, grpc-bytes, grpc-methods, auth)" };
 var files = new Argument<string[]>("files") { Description = "Saved cases (replay/*.json)" };
 
 HarnessOptions Harness(ParseResult r) => new()
@@ -36,10 +37,11 @@ static int Verdict(bool passed, string outDir)
 }
 
 var fuzz = new Command("fuzz", "N malformed requests over HTTP and gRPC; goals: 0 defects, 0 hangs, valid request after, RSS back within 10 %")
-    { server, model, apiKey, outDir, timeLimit, requests, seed, concurrency, slow };
+    { server, model, apiKey, outDir, timeLimit, requests, seed, concurrency, slow, classes };
 fuzz.SetAction(async (r, ct) =>
 {
-    var result = await FuzzRun.RunAsync(new FuzzRun.Options { Harness = Harness(r), Requests = r.GetValue(requests), Seed = r.GetValue(seed), Concurrency = r.GetValue(concurrency), IncludeSlow = r.GetValue(slow) }, ct);
+    var result = await FuzzRun.RunAsync(new FuzzRun.Options { Harness = Harness(r), Requests = r.GetValue(requests), Seed = r.GetValue(seed), Concurrency = r.GetValue(concurrency), IncludeSlow = r.GetValue(slow),
+        Classes = r.GetValue(classes)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? [] }, ct);
     return Verdict(result.Passed, r.GetValue(outDir)!);
 });
 var overload = new Command("overload", "Sustainable rate (closed loop), then open-loop Poisson arrivals at a multiple of it")

@@ -71,9 +71,10 @@ public sealed class RequestSender : IDisposable
         foreach (var (k, v) in c.Headers)
             if (!request.Headers.TryAddWithoutValidation(k, v)) request.Content?.Headers.TryAddWithoutValidation(k, v);
         using var response = await http.SendAsync(request, HttpCompletionOption.ResponseContentRead, ct).ConfigureAwait(false);
-        string body = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);
+        byte[] body = await response.Content.ReadAsByteArrayAsync(ct).ConfigureAwait(false);
         int status = (int)response.StatusCode;
-        return new Outcome("http", status, null, sw.Elapsed.TotalMilliseconds, status >= 300 ? Shorten(body) : null);
+        return new Outcome("http", status, null, sw.Elapsed.TotalMilliseconds,
+            status >= 300 ? Shorten(System.Text.Encoding.UTF8.GetString(body, 0, Math.Min(body.Length, 1000))) : null, body.Length);
     }
 
     async Task<Outcome> GrpcAsync(FuzzCase c, Stopwatch sw, CancellationToken ct)

@@ -22,6 +22,8 @@ public static class SoakRun
     public sealed record Result
     {
         [JsonPropertyName("server")] public string Server { get; init; } = "";
+        /// <summary>The output folder (result.json, summary.md, replay/).</summary>
+        [JsonPropertyName("out")] public string Out { get; init; } = "";
         [JsonPropertyName("sustainable_rps")] public double SustainableRps { get; init; }
         [JsonPropertyName("offered_rps")] public double OfferedRps { get; init; }
         [JsonPropertyName("minutes")] public double Minutes { get; init; }
@@ -93,7 +95,7 @@ public static class SoakRun
         long first = windows.FirstOrDefault()?.RssKb ?? 0, last = windows.LastOrDefault()?.RssKb ?? 0;
         var result = new Result
         {
-            Server = h.ServerDll, SustainableRps = probe.Throughput, OfferedRps = Math.Round(rate, 3), Minutes = length.TotalMinutes, Windows = windows,
+            Server = h.ServerDll, Out = output.Folder, SustainableRps = probe.Throughput, OfferedRps = Math.Round(rate, 3), Minutes = length.TotalMinutes, Windows = windows,
             ErrorsByAnswer = all.Where(o => !ValidTraffic.Accepted(o)).GroupBy(o => $"{o.Bucket} {o.HttpStatus}".Trim()).ToDictionary(g => g.Key, g => g.Count()),
             Lost = all.Count(o => o.IsHang || o.Kind == "transport"), Defects = all.Count(o => o.IsDefect),
             RssDrift = first == 0 ? 0 : Math.Round((last - first) / (double)first, 3),
