@@ -72,8 +72,16 @@ public static partial class FaultsRun
         {
             string dir = Path.Combine(output.Folder, "corrupt", c.Name);
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-            ModelCorruptions.CopyFolder(model, dir);
-            c.Apply(dir);
+            try
+            {
+                ModelCorruptions.CopyFolder(model, dir);
+                c.Apply(dir);
+            }
+            catch (Exception e) when (e is IOException or InvalidOperationException or UnauthorizedAccessException or System.Text.Json.JsonException)
+            {
+                await Guard("model", c.Name, c.What, () => Task.FromResult<(bool?, string)>((null, $"skipped: the corruption could not be made ({e.Message})"))).ConfigureAwait(false);
+                continue;
+            }
             await Guard("model", $"serve {c.Name}", $"{c.What}: serve exits non-zero with an 'error:' line, no stack trace",
                 () => CorruptServeAsync(h, dir, limit.Token)).ConfigureAwait(false);
             await Guard("model", $"generate {c.Name}", $"{c.What}: generate exits 2 with an 'error:' line, no stack trace",

@@ -94,24 +94,23 @@ public static class ModelCorruptions
         s.Write(b);
     }
 
-    /// <summary>Rewrites the header (padded to its old length) with one tensor's end offset far past the data.</summary>
+    /// <summary>
+    /// The largest end offset in the header, its digits replaced by as many 9s: the header keeps its length (no re-serialisation)
+    /// and the tensor now ends past the end of the file.
+    /// </summary>
     static void OffsetsPastEnd(string file)
     {
-        var (n, header) = ReadHeader(file);
-        var first = header.First(kv => kv.Key != "__metadata__");
-        first.Value!["data_offsets"]![1] = 1L << 40;
-        RewriteHeader(file, n, header);
-    }
-
-    static void RewriteHeader(string file, ulong length, JsonObject header)
-    {
-        var text = Encoding.UTF8.GetBytes(header.ToJsonString());
-        if ((ulong)text.Length > length) throw new InvalidOperationException("the rewritten header is longer than the original");
-        var padded = Enumerable.Repeat((byte)' ', (int)length).ToArray();
-        text.CopyTo(padded, 0);
+        var (n, _) = ReadHeader(file);
+        var bytes = new byte[n];
         using var s = new FileStream(file, FileMode.Open);
         s.Position = 8;
-        s.Write(padded);
+        s.ReadExactly(bytes);
+        string text = Encoding.UTF8.GetString(bytes);
+        var last = System.Text.RegularExpressions.Regex.Matches(text, @"""data_offsets"":\s*\[\s*\d+\s*,\s*(\d+)\s*\]")
+            .MaxBy(m => long.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture))!.Groups[1];
+        string patched = text[..last.Index] + new string('9', last.Length) + text[(last.Index + last.Length)..];
+        s.Position = 8;
+        s.Write(Encoding.UTF8.GetBytes(patched));
     }
 
     /// <summary>NaN in the first F32 tensor's data: a file that parses perfectly and computes garbage.</summary>

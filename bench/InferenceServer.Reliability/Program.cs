@@ -23,6 +23,7 @@ var fraction = new Option<double>("--fraction") { Description = "Offered rate as
 var window = new Option<double>("--window") { Description = "Seconds per soak window", DefaultValueFactory = _ => 30 };
 var slow = new Option<bool>("--include-slow") { Description = "fuzz: also send a real 8000x8000 decompression bomb (valid, minutes of CPU each)" };
 var classes = new Option<string?>("--classes") { Description = "fuzz: only these generator classes, comma-separated (json-fields, json-structure, utf8, oversized, image, image-json, multipart, http, grpc-fields, grpc-utf8, grpc-bytes, grpc-methods, auth)" };
+var rate = new Option<double?>("--rate") { Description = "soak: offered requests/s (default: --fraction of the measured closed-loop rate)" };
 var files = new Argument<string[]>("files") { Description = "Saved cases (replay/*.json)" };
 
 HarnessOptions Harness(ParseResult r) => new()
@@ -59,10 +60,10 @@ faults.SetAction(async (r, ct) =>
     return Verdict(result.Passed, r.GetValue(outDir)!);
 });
 var soak = new Command("soak", "Mixed valid traffic at a fraction of capacity; RSS and latency per window")
-    { server, model, apiKey, outDir, timeLimit, minutes, fraction, window };
+    { server, model, apiKey, outDir, timeLimit, minutes, fraction, window, rate };
 soak.SetAction(async (r, ct) =>
 {
-    var result = await SoakRun.RunAsync(Harness(r), TimeSpan.FromMinutes(r.GetValue(minutes)), r.GetValue(fraction), TimeSpan.FromSeconds(r.GetValue(window)), ct);
+    var result = await SoakRun.RunAsync(Harness(r), TimeSpan.FromMinutes(r.GetValue(minutes)), r.GetValue(fraction), TimeSpan.FromSeconds(r.GetValue(window)), ct, r.GetValue(rate));
     return Verdict(result.Passed, r.GetValue(outDir)!);
 });
 var replay = new Command("replay", "Send saved cases (fuzz replay/*.json) to a fresh server") { server, model, apiKey, outDir, files };

@@ -35,7 +35,7 @@ public static class SoakRun
         [JsonPropertyName("passed")] public bool Passed => Lost == 0 && Defects == 0;
     }
 
-    public static async Task<Result> RunAsync(HarnessOptions h, TimeSpan length, double fraction, TimeSpan window, CancellationToken ct = default)
+    public static async Task<Result> RunAsync(HarnessOptions h, TimeSpan length, double fraction, TimeSpan window, CancellationToken ct = default, double? fixedRate = null)
     {
         var output = new RunOutput(h.Out);
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -48,8 +48,10 @@ public static class SoakRun
         using var sender = new RequestSender(server.HttpBase, server.GrpcAddress, h.ApiKey, TimeSpan.FromMinutes(3));
         int n = 0;
         FuzzCase Next() => ValidTraffic.Mixed(Interlocked.Increment(ref n), samples);
-        var probe = await OverloadRun.ClosedAsync("capacity", sender, Next, 2, null, TimeSpan.FromSeconds(15), limit.Token).ConfigureAwait(false);
-        double rate = Math.Max(0.05, probe.Throughput * fraction);
+        // Capacity as one client sees it (closed loop, concurrency 1): concurrency 2+ on a CPU server mostly measures
+        // batching luck over a short probe, and a soak offered more than the server sustains is an overload run.
+        var probe = await OverloadRun.ClosedAsync("capacity", sender, Next, 1, null, TimeSpan.FromSeconds(20), limit.Token).ConfigureAwait(false);
+        double rate = fixedRate ?? Math.Max(0.05, probe.Throughput * fraction);
 
         var done = new ConcurrentBag<(double EndSeconds, Outcome Outcome)>();
         var rng = new Random(17);
