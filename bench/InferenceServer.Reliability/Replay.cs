@@ -35,9 +35,10 @@ public static class Replay
         {
             var c = Load(f);
             var o = await sender.SendAsync(c, ct).ConfigureAwait(false);
-            bool failed = o.IsDefect || o.IsHang || (c.Expect is not null && c.Expect != (o.HttpStatus?.ToString() ?? o.GrpcStatus));
+            bool failed = o.IsDefect || o.IsHang || o.IsOversizedError || (c.Expect is not null && c.Expect != (o.HttpStatus?.ToString() ?? o.GrpcStatus));
             bad += failed ? 1 : 0;
-            await log.WriteLineAsync($"{Path.GetFileName(f)}: {c.Name}: {o.Bucket} {o.HttpStatus} {o.GrpcStatus} {(failed ? "DEFECT" : "ok")} {o.Detail}").ConfigureAwait(false);
+            string detail = o.Detail is { Length: > 200 } d ? d[..200] + "..." : o.Detail ?? "";
+            await log.WriteLineAsync($"{Path.GetFileName(f)}: {c.Name}: {o.Bucket} {o.GrpcStatus} {o.BodyBytes:N0} bytes, {(failed ? "DEFECT" : "ok")} {detail}; server RSS {RunOutput.Mb(server.RssKb())}").ConfigureAwait(false);
         }
         var tail = server.Log().Where(l => l.Contains("fail", StringComparison.OrdinalIgnoreCase) || l.Contains("exception", StringComparison.OrdinalIgnoreCase)).TakeLast(40);
         foreach (var l in tail) await log.WriteLineAsync("  server: " + l).ConfigureAwait(false);
