@@ -30,7 +30,8 @@ public sealed class ReliabilityHarnessTests(ITestOutputHelper output)
         Assert.True(result.ExpectationFailures == 0, $"{result.ExpectationFailures} auth cases not refused with 401 / UNAUTHENTICATED");
         Assert.True(result.ServerAlive, "the server exited during the fuzz");
         Assert.True(result.ValidAfterOk, $"a valid request after the fuzz: HTTP {result.ValidAfterHttp}, gRPC {result.ValidAfterGrpc}");
-        // RSS is reported, not asserted: see bench/reliability/README.md (it settles within the goal on a quiet machine only).
+        // RSS is reported, not asserted: it does not come back within 10 % yet (bench/reliability/README.md, "Open defects").
+        Directory.Delete(result.Out, recursive: true);   // kept when an assertion failed, for its replays
     }
 
     /// <summary>Fault cases that pass on this build; the others are run by the harness and reported, not asserted (see <see cref="Pending"/>).</summary>
@@ -70,5 +71,6 @@ public sealed class ReliabilityHarnessTests(ITestOutputHelper output)
             Assert.True(c.Status == "pass", $"{c.Group}/{c.Name}: {c.Status}: {c.Observed}");
         }
         foreach (var c in result.Cases.Where(c => Pending.Contains(c.Name))) output.WriteLine($"pending: {c.Name}: {c.Status}: {c.Observed}");
+        Directory.Delete(result.Out, recursive: true);
     }
 }
