@@ -115,7 +115,7 @@ public static class FuzzRun
 
         bool alive = !server.HasExited;
         var (validHttp, validGrpc) = alive ? await ValidAsync(sender).ConfigureAwait(false) : ("server exited", "server exited");
-        long after = alive ? await server.SettledRssKbAsync(TimeSpan.FromSeconds(60), TimeSpan.FromMilliseconds(500)).ConfigureAwait(false) : 0;
+        long after = alive ? await server.SettledRssKbAsync(TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(1)).ConfigureAwait(false) : 0;   // 5 s flat: past the server's idle memory release (2 s)
 
         var result = new Result
         {

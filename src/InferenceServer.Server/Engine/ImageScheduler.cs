@@ -45,7 +45,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     int lastBatchRequests, arrivedDuringBatch;   // under gate: is there concurrent load worth a gathering window?
 
     public ImageScheduler(IOptions<ServerOptions> options, ILogger<ImageScheduler> log, ServerMetrics metrics, LoraLibrary loras,
-        Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>>? loadModels = null)
+        IdleMemoryRelease memory, Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>>? loadModels = null)
     {
         this.options = options.Value;
         this.log = log;
@@ -53,6 +53,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         this.loras = loras;
         this.loadModels = loadModels ?? DefaultLoad;
         runner = new BatchRunner(log, metrics, this.options.Queue.RetryAfter);
+        Memory = memory;
     }
 
     public IReadOnlyList<ModelDescriptor> Models => models.Select(m => m.Describe()).ToList();
@@ -62,6 +63,8 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     public Task Loaded => loaded.Task;
     /// <summary>Jobs waiting, not running.</summary>
     public int QueueDepth { get { lock (gate) return queue.Count; } }
+    /// <summary>Returns memory to the OS when the engine has been idle a while.</summary>
+    public IdleMemoryRelease Memory { get; }
     /// <summary>Batches the engine has run (tests check that batching happened).</summary>
     public long BatchesRun => Interlocked.Read(ref batchesRun);
     long batchesRun;
@@ -306,6 +309,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
             List<Job> batch;
             lock (gate)
             {
+                if (queue.Count == 0) Memory.Idle();
                 while (queue.Count == 0 && !(draining && running == 0))
                     Monitor.Wait(gate);
                 if (queue.Count == 0) break;                                  // draining and nothing left
@@ -326,6 +330,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                     if (queue.Count == 0) continue;
                     batch = Gather();
                 }
+                Memory.Busy();
                 foreach (var j in batch) queue.Remove(j.Node!);
                 running = batch.Count;
                 lastBatchRequests = batch.Count;

@@ -48,6 +48,7 @@ public static class ServerHost
 
         builder.Services.AddSingleton<ServerMetrics>();
         builder.Services.AddSingleton<LoraLibrary>();
+        builder.Services.AddSingleton<IdleMemoryRelease>();
         builder.Services.AddSingleton<ImageScheduler>();
         builder.Services.AddSingleton<IImageGenerator>(s => s.GetRequiredService<ImageScheduler>());
         builder.Services.AddHostedService(s => s.GetRequiredService<ImageScheduler>());

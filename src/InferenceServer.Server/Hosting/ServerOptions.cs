@@ -60,6 +60,11 @@ public sealed class QueueOptions
     /// exceed it, with 413.
     /// </summary>
     public long MaxReferenceBytes { get; set; } = 1L << 30;
+    /// <summary>
+    /// After this long with nothing to run, the server returns freed memory to the OS (a decommitting GC and
+    /// <c>malloc_trim</c>), so RSS falls back after a burst; negative: never.
+    /// </summary>
+    public TimeSpan ReleaseMemoryAfterIdle { get; set; } = TimeSpan.FromSeconds(2);
     /// <summary>Retry-After sent with 429 when the queue is full.</summary>
     public TimeSpan RetryAfter { get; set; } = TimeSpan.FromSeconds(2);
 }

@@ -18,7 +18,7 @@ namespace InferenceServer.Server.Http;
 /// 404. Which API a request reaches is decided by the matched endpoint and the port, never by a header the client sets
 /// (a <c>content-type: application/grpc</c> header used to skip the key check on the HTTP routes).
 /// </summary>
-public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions options, ServerMetrics metrics, ILogger<OpenAiHttpMiddleware> log)
+public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions options, ServerMetrics metrics, IdleMemoryRelease memory, ILogger<OpenAiHttpMiddleware> log)
 {
     public const string RequestIdHeader = "X-Request-Id";
     const string RequestIdItem = "InferenceServer.RequestId";
@@ -31,6 +31,13 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
 
     public async Task InvokeAsync(HttpContext context)
     {
+        // Every request on both ports passes here: the last one to end starts the idle countdown to a memory release.
+        try { await Handle(context).ConfigureAwait(false); }
+        finally { memory.RequestEnded(); }
+    }
+
+    async Task Handle(HttpContext context)
+    {
         bool grpcMethod = context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>() is not null;
         if (HttpProtocol.IsHttp2(context.Request.Protocol))   // the gRPC port: the HTTP port speaks HTTP/1.1 only
         {
@@ -38,7 +45,7 @@ public sealed class OpenAiHttpMiddleware(RequestDelegate next, ServerOptions opt
             else
             {
                 await OpenAiErrors.WriteAsync(context, new ServiceException(ErrorKind.NotFound,
-                    $"{context.Request.Path}: this port serves gRPC only; the HTTP API is on the HTTP port")).ConfigureAwait(false);
+                    $"{ClientText.Quote(context.Request.Path.Value)}: this port serves gRPC only; the HTTP API is on the HTTP port")).ConfigureAwait(false);
                 metrics.Answered("http", "404", error: true, 0);
             }
             return;
