@@ -1,3 +1,4 @@
+using InferenceServer.Models.Runtime;
 using InferenceServer.Models.Flux2;
 using InferenceServer.Models.Weights;
 using TorchSharp;
@@ -184,7 +185,14 @@ public sealed class ZImageTransformer : Module
         return y[.., ..(int)lx].contiguous().MoveToOuterDisposeScope();
     }
 
-    static Tensor Replace(Tensor old, Tensor next) { old.Dispose(); return next; }
+    /// <summary>Frees a block's input once its output exists; a batch whose every request was cancelled stops here (<see cref="ComputeCancellation"/>).</summary>
+    static Tensor Replace(Tensor old, Tensor next)
+    {
+        old.Dispose();
+        try { ComputeCancellation.ThrowIfCancelled(); }
+        catch (OperationCanceledException) { next.Dispose(); throw; }
+        return next;
+    }
 
     static Tensor KeyMask(Tensor? mask, long b, long l) => mask is null ? ones(b, l) : mask.view(b, l).to(ScalarType.Float32);
 

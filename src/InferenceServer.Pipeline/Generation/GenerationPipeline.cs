@@ -351,7 +351,21 @@ public sealed class GenerationPipeline : IDisposable
                         onProgress?.Invoke(new BatchProgress(e, s.Index, s.Count, preview));
                     }
                 }
-                var final = SamplingLoop.Run(denoiser, x, schedule, KeepRows, OnStep);
+                // Inside a step the DiT stops between blocks only when every request of the batch is cancelled: a live
+                // request's rows must finish the step (a cancelled one's rows leave between steps, in KeepRows).
+                using var allCancelled = new CancellationTokenSource();
+                var live = Enumerable.Range(0, n).Where(e => outcomes[e] is null).ToList();
+                var watches = live.Select(e => entries[e].CancellationToken.Register(() =>
+                {
+                    if (live.All(k => entries[k].CancellationToken.IsCancellationRequested)) allCancelled.Cancel();
+                })).ToList();
+                Tensor final;
+                try
+                {
+                    using var cancellation = ComputeCancellation.Use(allCancelled.Token);
+                    final = SamplingLoop.Run(denoiser, x, schedule, KeepRows, OnStep);
+                }
+                finally { foreach (var watch in watches) watch.Dispose(); }
                 x.Dispose();
                 x = final;
             }

@@ -107,4 +107,44 @@ public sealed class PlanAndCancellationTests(TinyModelFolders folders) : IClassF
         }
         finally { foreach (var h in hooks) h.remove(); }
     }
+
+    [Fact]
+    public void A_batch_whose_every_entry_is_cancelled_stops_between_transformer_blocks()
+    {
+        using var pipeline = new GenerationPipeline(folders.BflModel);
+        var modules = folders.BflModel.Transformer.named_modules().ToDictionary(m => m.name, m => m.module);
+        var firstDouble = (nn.Module<Tensor, Tensor>)modules.First(m => m.Key.StartsWith("double_blocks.0.", StringComparison.Ordinal) && m.Value is TorchSharp.Modules.Linear).Value;
+        var firstSingle = (nn.Module<Tensor, Tensor>)modules.First(m => m.Key.StartsWith("single_blocks.0.", StringComparison.Ordinal) && m.Value is TorchSharp.Modules.Linear).Value;
+        using var a = new CancellationTokenSource();
+        using var b = new CancellationTokenSource();
+        int singleCalls = 0;
+        var hooks = new[]
+        {
+            // Inside the first double block of the first step, both requests go away.
+            firstDouble.register_forward_hook((_, _, output) => { a.Cancel(); b.Cancel(); return output; }),
+            firstSingle.register_forward_hook((_, _, output) => { Interlocked.Increment(ref singleCalls); return output; }),
+        };
+        try
+        {
+            var outcomes = pipeline.GenerateBatch([
+                new BatchEntry(pipeline.Plan(GenerationPipelineTests.Request(seed: 1, steps: 1)), a.Token),
+                new BatchEntry(pipeline.Plan(GenerationPipelineTests.Request(seed: 2, steps: 1)), b.Token)]);
+            Assert.All(outcomes, o => Assert.IsAssignableFrom<OperationCanceledException>(o.Error));
+            Assert.Equal(0, singleCalls);                                     // stopped before the single blocks of that step
+        }
+        finally { foreach (var h in hooks) h.remove(); }
+
+        // One request cancelled, its batch-mate live: the step finishes for both, the live one gets its image.
+        using var c = new CancellationTokenSource();
+        var hook = firstDouble.register_forward_hook((_, _, output) => { c.Cancel(); return output; });
+        try
+        {
+            var outcomes = pipeline.GenerateBatch([
+                new BatchEntry(pipeline.Plan(GenerationPipelineTests.Request(seed: 1, steps: 1)), c.Token),
+                new BatchEntry(pipeline.Plan(GenerationPipelineTests.Request(seed: 2, steps: 1)), CancellationToken.None)]);
+            Assert.IsAssignableFrom<OperationCanceledException>(outcomes[0].Error);
+            Assert.True(outcomes[1].Succeeded, outcomes[1].Error?.Message);
+        }
+        finally { hook.remove(); }
+    }
 }
