@@ -20,6 +20,14 @@ public static class ComputeCancellation
     /// <summary>Throws <see cref="OperationCanceledException"/> when the current thread's token is cancelled.</summary>
     public static void ThrowIfCancelled() => current.ThrowIfCancellationRequested();
 
+    /// <summary><paramref name="output"/> of a block, or, when the token is cancelled, that output disposed and an <see cref="OperationCanceledException"/>.</summary>
+    public static TorchSharp.torch.Tensor Checked(TorchSharp.torch.Tensor output)
+    {
+        if (!current.IsCancellationRequested) return output;
+        output.Dispose();
+        throw new OperationCanceledException(current);
+    }
+
     public readonly struct Scope(CancellationToken previous) : IDisposable
     {
         public void Dispose() => current = previous;

@@ -189,9 +189,7 @@ public sealed class ZImageTransformer : Module
     static Tensor Replace(Tensor old, Tensor next)
     {
         old.Dispose();
-        try { ComputeCancellation.ThrowIfCancelled(); }
-        catch (OperationCanceledException) { next.Dispose(); throw; }
-        return next;
+        return ComputeCancellation.Checked(next);
     }
 
     static Tensor KeyMask(Tensor? mask, long b, long l) => mask is null ? ones(b, l) : mask.view(b, l).to(ScalarType.Float32);

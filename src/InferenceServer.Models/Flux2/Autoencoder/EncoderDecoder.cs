@@ -64,9 +64,7 @@ public sealed class Encoder : Module<Tensor, Tensor>
     internal static Tensor Replace(Tensor previous, Tensor next)
     {
         previous.Dispose();
-        try { ComputeCancellation.ThrowIfCancelled(); }
-        catch (OperationCanceledException) { next.Dispose(); throw; }
-        return next;
+        return ComputeCancellation.Checked(next);
     }
 }
 
