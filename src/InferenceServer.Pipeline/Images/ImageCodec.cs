@@ -53,9 +53,7 @@ public sealed class ImageCodec(ImageLimits? limits = null)
         using var srgb = ToSrgb8(loaded);
         var (w, h) = CappedSize(srgb.Width, srgb.Height, maxPixels);
         if ((w, h) == (srgb.Width, srgb.Height)) return new RgbImage(w, h, srgb.WriteToMemory<byte>());
-        using var resized = srgb.Resize((double)w / srgb.Width, kernel: Kernel.Lanczos3, gap: 0, vscale: (double)h / srgb.Height);
-        if (resized.Width != w || resized.Height != h)
-            throw new InvalidOperationException($"libvips resized {srgb.Width}x{srgb.Height} to {resized.Width}x{resized.Height}, not {w}x{h}");
+        using var resized = Lanczos(srgb, w, h);
         return new RgbImage(w, h, resized.WriteToMemory<byte>());
     });
 
@@ -183,10 +181,18 @@ public sealed class ImageCodec(ImageLimits? limits = null)
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(height);
         if (width == image.Width && height == image.Height) return image;
         using var input = ToVips(image);
-        using var resized = input.Resize((double)width / image.Width, kernel: Kernel.Lanczos3, gap: 0, vscale: (double)height / image.Height);
-        if (resized.Width != width || resized.Height != height)
-            throw new InvalidOperationException($"libvips resized {image.Width}x{image.Height} to {resized.Width}x{resized.Height}, not {width}x{height}");
+        using var resized = Lanczos(input, width, height);
         return new RgbImage(width, height, resized.WriteToMemory<byte>());
+    }
+
+    /// <summary>The one resize both <see cref="Resize"/> and the capped decode use (their pixels must agree): Lanczos3, no pre-shrink.</summary>
+    static Image Lanczos(Image input, int width, int height)
+    {
+        var resized = input.Resize((double)width / input.Width, kernel: Kernel.Lanczos3, gap: 0, vscale: (double)height / input.Height);
+        if (resized.Width == width && resized.Height == height) return resized;
+        string got = $"{resized.Width}x{resized.Height}";
+        resized.Dispose();
+        throw new InvalidOperationException($"libvips resized {input.Width}x{input.Height} to {got}, not {width}x{height}");
     }
 
     /// <summary>The centred <paramref name="width"/> x <paramref name="height"/> region (offsets rounded down, as the reference's crop).</summary>
