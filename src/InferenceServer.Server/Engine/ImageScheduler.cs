@@ -63,7 +63,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     public Task Loaded => loaded.Task;
     /// <summary>Jobs waiting, not running.</summary>
     public int QueueDepth { get { lock (gate) return queue.Count; } }
-    /// <summary>Returns memory to the OS when the engine has been idle a while.</summary>
+    /// <summary>Returns memory to the OS once the server has been quiet a while (no batch running, no request answered).</summary>
     public IdleMemoryRelease Memory { get; }
     /// <summary>Batches the engine has run (tests check that batching happened).</summary>
     public long BatchesRun => Interlocked.Read(ref batchesRun);
