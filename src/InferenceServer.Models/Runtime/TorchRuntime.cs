@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using TorchSharp;
 
 namespace InferenceServer.Models.Runtime;
@@ -24,6 +25,7 @@ public static class TorchRuntime
         lock (Gate)
         {
             if (initialized) return;
+            EnableHugePages();
             PatchBridgeOnce();
             torch.InitializeDeviceType(DeviceType.CPU);
             initialized = true;
@@ -44,6 +46,7 @@ public static class TorchRuntime
         lock (Gate)
         {
             if (cuda is { } known) return known;
+            EnableHugePages();
             PatchBridgeOnce();
             bool ok;
             try { ok = torch.TryInitializeDeviceType(DeviceType.CUDA); }
@@ -62,6 +65,31 @@ public static class TorchRuntime
             "(e.g. a PyTorch install's torch/lib) on LD_LIBRARY_PATH, or use --device cpu. LD_LIBRARY_PATH=" +
             (Environment.GetEnvironmentVariable("LD_LIBRARY_PATH") ?? "(unset)"));
     }
+
+    /// <summary>The environment variable libtorch's CPU allocator reads once, at its first allocation.</summary>
+    public const string HugePagesVariable = "THP_MEM_ALLOC_ENABLE";
+
+    /// <summary>True when libtorch's CPU allocations of 2 MB and more ask for transparent huge pages (see <see cref="EnableHugePages"/>).</summary>
+    public static bool HugePages => OperatingSystem.IsLinux() && Marshal.PtrToStringUTF8(getenv(HugePagesVariable)) is { } v && v.Trim() is not ("" or "0");
+
+    /// <summary>
+    /// Asks libtorch to back CPU tensors of 2 MB and more with transparent huge pages (its allocator aligns them to 2 MB
+    /// and calls madvise). Filling fresh memory costs one page fault per 4 KB page otherwise: loading klein-4B's 7.2 GB
+    /// transformer measured 15 s of faults here, 1.4 s with huge pages. Set before the first tensor is allocated (libtorch reads it
+    /// once); a value the user already set (e.g. 0 to opt out) is kept. The native environment is written: .NET's own
+    /// copy of it is not what libtorch reads.
+    /// </summary>
+    static void EnableHugePages()
+    {
+        if (!OperatingSystem.IsLinux() || getenv(HugePagesVariable) != IntPtr.Zero) return;
+        _ = setenv(HugePagesVariable, "1", 0);
+    }
+
+    [DllImport("libc", EntryPoint = "getenv")]
+    static extern IntPtr getenv([MarshalAs(UnmanagedType.LPUTF8Str)] string name);
+
+    [DllImport("libc", EntryPoint = "setenv")]
+    static extern int setenv([MarshalAs(UnmanagedType.LPUTF8Str)] string name, [MarshalAs(UnmanagedType.LPUTF8Str)] string value, int overwrite);
 
     static void PatchBridgeOnce()
     {
