@@ -11,57 +11,6 @@ using static TorchSharp.torch;
 
 namespace InferenceServer.Pipeline.Generation;
 
-/// <summary>One generation: text-to-image when <see cref="References"/> is empty, an edit otherwise (same code path).</summary>
-public sealed record GenerationRequest
-{
-    public required string Prompt { get; init; }
-    /// <summary>Encoded reference images (PNG, JPEG, WebP), at most <see cref="PipelineOptions.MaxReferences"/>.</summary>
-    public IReadOnlyList<byte[]> References { get; init; } = [];
-    public SizeRequest Size { get; init; } = new();
-    /// <summary>Number of images; image i uses seed <c>Seed + i</c>.</summary>
-    public int Count { get; init; } = 1;
-    /// <summary>Null: one is picked and reported. 0 to <see cref="MaxSeed"/>.</summary>
-    public long? Seed { get; init; }
-    /// <summary>Seeds are 0 to 2^53: exact in JSON doubles, so every client can echo them back, and seed + i never overflows.</summary>
-    public const long MaxSeed = 1L << 53;
-    /// <summary>Null: the model card's default.</summary>
-    public int? Steps { get; init; }
-    /// <summary>Null: the card's guidance. Used only by models that embed guidance, or by non-distilled (CFG) models.</summary>
-    public double? Guidance { get; init; }
-    public ImageFormat Format { get; init; } = ImageFormat.Png;
-    public int? Quality { get; init; }
-    /// <summary>LoRA adapters for this request (loaded for this pipeline's model with <see cref="GenerationPipeline.LoadAdapter"/>), at most <see cref="PipelineOptions.MaxLorasPerRequest"/>.</summary>
-    public IReadOnlyList<LoraUse> Loras { get; init; } = [];
-}
-
-/// <summary>
-/// The limits of the pipeline, in one record: every request is checked against it once, in <see cref="GenerationPipeline.Prepare"/>
-/// (the server maps its configuration onto it; the front ends only parse).
-/// </summary>
-public sealed record PipelineOptions
-{
-    public int MaxReferences { get; init; } = 10;
-    public int MaxImages { get; init; } = 16;
-    public int MaxSteps { get; init; } = 200;
-    public int MaxPromptChars { get; init; } = 8000;
-    /// <summary>Upper bound of the guidance scale (lower bound 0).</summary>
-    public double MaxGuidance { get; init; } = 100;
-    public SizeLimits Sizes { get; init; } = new();
-    /// <summary>Byte bound of the prompt-embedding cache (0 disables it).</summary>
-    public long PromptCacheBytes { get; init; } = 256L << 20;
-    /// <summary>Byte bound of the reference-latent cache (0 disables it).</summary>
-    public long ReferenceCacheBytes { get; init; } = 256L << 20;
-    /// <summary>Pixel cap of a single reference (BFL encode_image_refs: 2024^2).</summary>
-    public long SingleReferencePixels { get; init; } = 2024L * 2024;
-    /// <summary>Pixel cap of each of several references (BFL encode_image_refs: 1024^2).</summary>
-    public long MultiReferencePixels { get; init; } = 1024L * 1024;
-    public ImageLimits Decode { get; init; } = new();
-    /// <summary>Adapters one request may name.</summary>
-    public int MaxLorasPerRequest { get; init; } = 4;
-    /// <summary>Bound of an adapter's |scale|.</summary>
-    public double MaxLoraScale { get; init; } = 16;
-}
-
 /// <summary>A sampler step as researchers see it: which image, which step, the sigma, the latents after the step ([1, L_img, C] tokens, valid only inside the callback).</summary>
 public sealed record GenerationStep(int Image, int Step, int Steps, float Timestep, Tensor Latents);
 
@@ -470,61 +419,5 @@ public sealed class GenerationPipeline : IDisposable
         prompts.Dispose();
         references.Dispose();
         Backend.Dispose();
-    }
-}
-
-/// <summary>
-/// An LRU map of tensors bounded by their total bytes. It keeps its own handle of each value; <see cref="TryGet"/> hands out
-/// a new handle (an alias of the same storage, owned by the caller's dispose scope), so eviction never frees a tensor in use.
-/// </summary>
-public sealed class TensorLruCache<TKey>(long maxBytes) : IDisposable where TKey : notnull
-{
-    readonly LinkedList<(TKey Key, Tensor Value, long Bytes)> order = new();
-    readonly Dictionary<TKey, LinkedListNode<(TKey Key, Tensor Value, long Bytes)>> map = new();
-
-    public long Bytes { get; private set; }
-    public int Count => map.Count;
-    public long Hits { get; private set; }
-    public long Misses { get; private set; }
-
-    /// <summary>An alias of the cached tensor, owned by the caller.</summary>
-    public bool TryGet(TKey key, out Tensor value)
-    {
-        if (map.TryGetValue(key, out var node))
-        {
-            order.Remove(node);
-            order.AddFirst(node);
-            value = node.Value.Value.alias();
-            Hits++;
-            return true;
-        }
-        Misses++;
-        value = null!;
-        return false;
-    }
-
-    /// <summary>Stores a handle of <paramref name="value"/> (the caller keeps its own), evicting the least recently used.</summary>
-    public void Add(TKey key, Tensor value)
-    {
-        long bytes = value.numel() * value.ElementSize;
-        if (bytes > maxBytes || map.ContainsKey(key)) return;
-        value = value.alias().DetachFromDisposeScope();
-        while (Bytes + bytes > maxBytes && order.Last is { } last)
-        {
-            order.RemoveLast();
-            map.Remove(last.Value.Key);
-            Bytes -= last.Value.Bytes;
-            last.Value.Value.Dispose();
-        }
-        map[key] = order.AddFirst((key, value, bytes));
-        Bytes += bytes;
-    }
-
-    public void Dispose()
-    {
-        foreach (var e in order) e.Value.Dispose();
-        order.Clear();
-        map.Clear();
-        Bytes = 0;
     }
 }
