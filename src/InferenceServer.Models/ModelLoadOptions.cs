@@ -13,4 +13,7 @@ public sealed record ModelLoadOptions(ScalarType DType = ScalarType.BFloat16, We
 
     /// <summary>When set, text encoders with identical weights are loaded once and shared with the other models loaded through it.</summary>
     public Qwen3.SharedTextEncoders? SharedTextEncoders { get; init; }
+
+    /// <summary>When set, receives each component's timings and memory, and the load's progress as tensors are read.</summary>
+    public Weights.LoadMeter? Meter { get; init; }
 }

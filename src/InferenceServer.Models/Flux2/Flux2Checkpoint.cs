@@ -34,10 +34,12 @@ public static class Flux2Checkpoint
     /// <paramref name="quantization"/> is not None (the linears <see cref="Flux2Quantize.Select"/> picks). The matching Linears are swapped for
     /// <see cref="QuantizedLinear"/> first, so keys stay <c>X.weight</c> + <c>X.weight_scale</c>. Other tensors load as usual.
     /// </summary>
-    public static LoadReport Load(Flux2Transformer model, ITensorSource source, WeightQuantization quantization, bool strict = true, ScalarType? dtype = null)
+    /// <param name="device">Where a model built on the meta device gets its storage (default the CPU), after the 8-bit layers are swapped in.</param>
+    public static LoadReport Load(Flux2Transformer model, ITensorSource source, WeightQuantization quantization, bool strict = true, ScalarType? dtype = null, Device? device = null)
     {
         var bfl = AsBfl(source, model.Config);
-        if (quantization == WeightQuantization.None && !QuantizedCheckpoint.Holds8BitWeights(bfl)) return StateDict.Load(model, bfl, strict, dtype: dtype);
+        if (quantization == WeightQuantization.None && !QuantizedCheckpoint.Holds8BitWeights(bfl))
+            return StateDict.Load(MetaModules.Materialize(model, device ?? CPU), bfl, strict, dtype: dtype);
         var q = new QuantizedCheckpoint(bfl, quantization, Flux2Quantize.Select(quantization)); // not disposed: it would dispose the caller's source
         var shapes = model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear).ToDictionary(m => m.name, m => ((TorchSharp.Modules.Linear)m.module).weight!.shape);
         foreach (var (path, spec) in q.Layers)
@@ -50,6 +52,6 @@ public static class Flux2Checkpoint
             var spec = q.Layers[path];
             return new QuantizedLinear(spec.WeightShape[1], spec.WeightShape[0], spec.Format, spec.ScaleShape, linear.weight!.device);
         });
-        return StateDict.Load(model, q, strict, dtype: dtype);
+        return StateDict.Load(MetaModules.Materialize(model, device ?? CPU), q, strict, dtype: dtype);
     }
 }

@@ -180,6 +180,25 @@ public static class Flux2Diffusers
             finally { foreach (var l in loaded.Values) l.Dispose(); }
         }
 
+        /// <summary>Each diffusers tensor straight into its rows of the destination (a fused qkv is read in three pieces, never assembled).</summary>
+        public void ReadInto(string name, Tensor destination)
+        {
+            var e = entries.TryGetValue(name, out var x) ? x : throw new KeyNotFoundException($"no tensor named '{name}'");
+            var parts = Parts(name, e.Shape[0]);
+            if (!parts.All(p => p.DiffusersStart == 0 && inner.TryGetEntry(p.Name, out var d) && d.Shape[0] == p.Count))
+            {
+                using var t = Load(name, destination.dtype);
+                using (no_grad()) destination.copy_(t);
+                return;
+            }
+            foreach (var p in parts)
+            {
+                using var rows = destination.narrow(0, p.BflStart, p.Count);
+                inner.ReadInto(p.Name, rows);
+            }
+        }
+
+        public bool ConcurrentReads => inner.ConcurrentReads;
         public Tensor LoadRaw(string name) => throw new NotSupportedException("raw bytes of an assembled tensor");
         public void Dispose() => inner.Dispose();
     }

@@ -127,35 +127,41 @@ public static class Flux2ModelFolder
         Flux2Transformer? transformer = null;
         Flux2Autoencoder? vae = null;
         IDisposable? encoderLease = null;
+        var meter = options.Meter;
         try
         {
-            transformer = new Flux2Transformer(card.Transformer, device: device, dtype: dtype);
-            var t = transformer;
-            var r = Named(tPath, () =>
+            LoadReport r;
+            using (var scope = meter?.Begin("transformer", tPath))
             {
-                using var source = Checkpoint.Open(tPath);
-                return Flux2Checkpoint.Load(t, source, options.Quantization, strict: true, dtype: dtype);
-            });
-            if (device.type != DeviceType.CPU) transformer.to(device);   // 8-bit layers are swapped in on the host
-            report.Add($"transformer {Rel(dir, tPath)}: {r.Loaded} tensors; weights {transformer.WeightFormat}");
+                // Built on meta (no memory, no initialisation), swapped to 8-bit layers if asked, then given storage on the device.
+                var t = transformer = LoadMeter.Build(scope, () => new Flux2Transformer(card.Transformer, device: MetaModules.Meta, dtype: dtype));
+                r = Named(tPath, () =>
+                {
+                    using var source = Checkpoint.Open(tPath);
+                    return Flux2Checkpoint.Load(t, source, options.Quantization, strict: true, dtype: dtype, device: device);
+                });
+            }
+            report.Add($"transformer {Rel(dir, tPath)}: {r.Loaded} tensors; weights {transformer.WeightFormat}{LoadMeter.LastTiming(meter)}");
 
-            vae = new Flux2Autoencoder(VaeConfig(card));
-            using (var src = Checkpoint.Open(vaePath))
+            using (var scope = meter?.Begin("vae", vaePath))
             {
+                vae = LoadMeter.Build(scope, () => new Flux2Autoencoder(VaeConfig(card)));
+                using var src = Checkpoint.Open(vaePath);
                 // diffusers' converter drops bn.num_batches_tracked (unused at inference): the one tensor allowed to be absent.
                 r = vae.LoadWeights(src, strict: false);
                 r = r with { Missing = r.Missing.Where(m => m != "bn.num_batches_tracked").ToList() };
                 r.ThrowIfNotClean(vaePath);
+                vae.To(dtype, device.type == DeviceType.CPU ? null : device);
             }
-            vae.To(dtype, device.type == DeviceType.CPU ? null : device);
-            report.Add($"vae {Rel(dir, vaePath)}: {r.Loaded} tensors ({card.Vae})");
+            report.Add($"vae {Rel(dir, vaePath)}: {r.Loaded} tensors ({card.Vae}){LoadMeter.LastTiming(meter)}");
 
-            var (encoder, lease, teConfig, how) = Named(tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath, TextEncoderConfig(card), dtype, device, dir));
+            var (encoder, lease, teConfig, how) = LoadMeter.Measure(meter, "text encoder", tePath,
+                () => Named(tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath, TextEncoderConfig(card), dtype, device, dir)));
             encoderLease = lease;
-            report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {how}");
+            report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {how}{LoadMeter.LastTiming(meter)}");
 
-            var tokenizer = Qwen3Tokenizer.Load(tokPath);
-            report.Add($"tokenizer {Rel(dir, tokPath)}");
+            var tokenizer = LoadMeter.Measure(meter, "tokenizer", tokPath, () => Qwen3Tokenizer.Load(tokPath));
+            report.Add($"tokenizer {Rel(dir, tokPath)}{LoadMeter.LastTiming(meter)}");
             return new Flux2Model(dir, layout, card, transformer, vae, encoder, tokenizer, dtype, report, teConfig.OutputLayers, encoderLease);
         }
         catch

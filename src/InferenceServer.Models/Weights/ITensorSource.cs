@@ -19,4 +19,18 @@ public interface ITensorSource : IDisposable
 
     /// <summary>Reads one tensor's bytes as stored, as a uint8 tensor of shape <c>[ByteLength]</c> (FP8 codes, for example).</summary>
     Tensor LoadRaw(string name);
+
+    /// <summary>
+    /// Reads one tensor into <paramref name="destination"/> (its shape; any dtype and device), converting as
+    /// <see cref="Load"/> does. Files override it to read the bytes straight into a CPU destination of the stored dtype,
+    /// with no intermediate tensor; this default loads and copies.
+    /// </summary>
+    void ReadInto(string name, Tensor destination)
+    {
+        using var t = Load(name, destination.is_floating_point() ? destination.dtype : null);
+        using (no_grad()) destination.copy_(t);
+    }
+
+    /// <summary>True when <see cref="ReadInto"/> may run on several threads at once (sources that cache a tensor between calls may not).</summary>
+    bool ConcurrentReads => false;
 }

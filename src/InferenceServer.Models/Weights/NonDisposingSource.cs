@@ -9,5 +9,7 @@ internal sealed class NonDisposingSource(ITensorSource inner) : ITensorSource
     public bool TryGetEntry(string name, out TensorEntry entry) => inner.TryGetEntry(name, out entry);
     public Tensor Load(string name, ScalarType? dtype = null, Device? device = null) => inner.Load(name, dtype, device);
     public Tensor LoadRaw(string name) => inner.LoadRaw(name);
+    public void ReadInto(string name, Tensor destination) => inner.ReadInto(name, destination);
+    public bool ConcurrentReads => inner.ConcurrentReads;
     public void Dispose() { }
 }

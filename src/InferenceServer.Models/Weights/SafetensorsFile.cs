@@ -80,6 +80,44 @@ public sealed class SafetensorsFile : ITensorSource
         return result;
     }
 
+    /// <summary>Largest piece read at a time when the destination's dtype differs from the stored one (converted piece by piece).</summary>
+    const long ConvertChunkBytes = 64L << 20;
+
+    /// <summary>
+    /// Reads a tensor into <paramref name="destination"/>. On the CPU, contiguous: the stored bytes go straight into it
+    /// (same dtype), or are read in pieces of 64 MB into one scratch tensor and converted into it (another float dtype),
+    /// so no whole-tensor copy is ever made. Elsewhere (a GPU, FP8 codes): loaded and copied.
+    /// </summary>
+    public void ReadInto(string name, Tensor destination)
+    {
+        var e = this[name];
+        if (!destination.shape.SequenceEqual(e.Shape))
+            throw new ArgumentException($"{Path}: tensor '{name}' is [{string.Join(", ", e.Shape)}], the destination [{string.Join(", ", destination.shape)}]", nameof(destination));
+        bool direct = destination.device_type == DeviceType.CPU && destination.is_contiguous() && e.DType is not (SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2);
+        var stored = direct ? e.DType.ToScalarType() : default;
+        if (direct && stored == destination.dtype) { CopyInto(e, destination); return; }
+        if (direct && destination.is_floating_point() && e.ByteLength > 0)
+        {
+            using var flat = destination.view(-1);
+            long size = e.DType.Size(), perChunk = Math.Max(1, ConvertChunkBytes / size);
+            using var scratch = empty(Math.Min(perChunk, flat.numel()), stored);
+            using var noGrad = no_grad();
+            for (long start = 0; start < flat.numel(); start += perChunk)
+            {
+                long n = Math.Min(perChunk, flat.numel() - start);
+                using var piece = scratch.narrow(0, 0, n);
+                CopyInto(e with { Offset = e.Offset + start * size, ByteLength = n * size }, piece);
+                using var target = flat.narrow(0, start, n);
+                target.copy_(piece);
+            }
+            return;
+        }
+        using var t = Load(name, destination.is_floating_point() ? destination.dtype : null);
+        using (no_grad()) destination.copy_(t);
+    }
+
+    public bool ConcurrentReads => true;
+
     SafeFileHandle Handle()
     {
         lock (gate)

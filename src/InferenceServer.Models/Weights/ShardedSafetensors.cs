@@ -126,6 +126,10 @@ public sealed class ShardedSafetensors : ITensorSource
 
     public Tensor LoadRaw(string name) => Find(name).File.LoadRaw(name);
 
+    public void ReadInto(string name, Tensor destination) => Find(name).File.ReadInto(name, destination);
+
+    public bool ConcurrentReads => true;
+
     public void Dispose()
     {
         foreach (var f in Files) f.Dispose();

@@ -88,28 +88,29 @@ public static class ZImageCheckpoint
         IsSingleFile(source.Entries.Select(e => e.Name)) ? new DiffusersView(source, ownsInner: true) : source;
 
     /// <summary>
-    /// Loads <paramref name="source"/> (either naming) into <paramref name="model"/>. Strict by default: any missing, unexpected or
-    /// mis-shaped tensor throws an <see cref="InvalidDataException"/> naming them (under their diffusers names) before anything is copied.
-    /// </summary>
-    /// <summary>
     /// Loads <paramref name="source"/> with 8-bit block linears, the way FLUX.2 does (<see cref="Flux2.Flux2Checkpoint"/>): a checkpoint
     /// that already holds 8-bit weights keeps them; a float one is quantized tensor by tensor while it is read
     /// (<see cref="QuantizedCheckpoint"/> over <see cref="QuantizesLayer"/>). The chosen Linears become <see cref="Quantization.QuantizedLinear"/> first.
+    /// A model built on the meta device is then given storage on <paramref name="device"/> (default the CPU).
     /// </summary>
-    public static LoadReport Load(ZImageTransformer model, ITensorSource source, WeightQuantization quantization, bool strict = true, ScalarType? dtype = null)
+    public static LoadReport Load(ZImageTransformer model, ITensorSource source, WeightQuantization quantization, bool strict = true, ScalarType? dtype = null, Device? device = null)
     {
         using var view = IsSingleFile(source.Entries.Select(e => e.Name)) ? new DiffusersView(source, ownsInner: false) : null;
         ITensorSource named = view ?? source;
-        if (quantization == WeightQuantization.None && !QuantizedCheckpoint.Holds8BitWeights(named)) return Load(model, source, strict, dtype);
+        if (quantization == WeightQuantization.None && !QuantizedCheckpoint.Holds8BitWeights(named)) return Load(MetaModules.Materialize(model, device ?? CPU), source, strict, dtype);
         var q = new QuantizedCheckpoint(named, quantization, QuantizesLayer);   // not disposed: it would dispose the caller's source
         WeightQuantizer.Swap(model, q.Layers.ContainsKey, (path, linear) =>
         {
             var spec = q.Layers[path];
             return new Quantization.QuantizedLinear(spec.WeightShape[1], spec.WeightShape[0], spec.Format, spec.ScaleShape, linear.weight!.device);
         });
-        return StateDict.Load(model, q, strict, dtype: dtype);
+        return StateDict.Load(MetaModules.Materialize(model, device ?? CPU), q, strict, dtype: dtype);
     }
 
+    /// <summary>
+    /// Loads <paramref name="source"/> (either naming) into <paramref name="model"/>. Strict by default: any missing, unexpected or
+    /// mis-shaped tensor throws an <see cref="InvalidDataException"/> naming them (under their diffusers names) before anything is copied.
+    /// </summary>
     public static LoadReport Load(ZImageTransformer model, ITensorSource source, bool strict = true, ScalarType? dtype = null)
     {
         if (!IsSingleFile(source.Entries.Select(e => e.Name))) return StateDict.Load(model, source, strict, dtype: dtype);

@@ -64,8 +64,11 @@ public static class ZImageModelFolder
         ZImageTransformer? transformer = null;
         ZImageAutoencoder? vae = null;
         IDisposable? encoderLease = null;
+        var meter = options.Meter;
         try
         {
+            string transformerLine;
+            using (var scope = meter?.Begin("transformer", tPath))
             using (var source = Checkpoint.Open(tPath))
             {
                 string config = Path.Combine(tPath, "config.json");
@@ -76,22 +79,25 @@ public static class ZImageModelFolder
                 var view = ZImageCheckpoint.AsDiffusers(new NonDisposingSource(source));
                 if (ShapeCheck.FirstDifference(view, ZImageSpecs.Transformer(tc).Select(s => (s.Name, s.Shape)), _ => true) is { } why)
                     throw new InvalidDataException($"{tPath} is not the transformer of {(File.Exists(config) ? config : $"model card '{card.Name}'")}: {why}");
-                transformer = new ZImageTransformer(tc, device, dtype);
-                var r = ZImageCheckpoint.Load(transformer, source, options.Quantization, strict: true, dtype: dtype);
+                // Built on meta (no memory, no initialisation), swapped to 8-bit layers if asked, then given storage on the device.
+                transformer = LoadMeter.Build(scope, () => new ZImageTransformer(tc, MetaModules.Meta, dtype));
+                var r = ZImageCheckpoint.Load(transformer, source, options.Quantization, strict: true, dtype: dtype, device: device);
                 report.Add($"folder {dir}: family zimage ({(ZImageCheckpoint.IsSingleFile(source.Entries.Select(e => e.Name)) ? "single-file" : "diffusers")} transformer), model card {card.Name}, dtype {dtype}, device {device}");
-                report.Add($"transformer {Path.GetRelativePath(dir, tPath)}: {r.Loaded} tensors, {tc.NLayers} layers, dim {tc.Dim}; weights {WeightQuantizer.Describe(transformer)}");
+                transformerLine = $"transformer {Path.GetRelativePath(dir, tPath)}: {r.Loaded} tensors, {tc.NLayers} layers, dim {tc.Dim}; weights {WeightQuantizer.Describe(transformer)}";
             }
+            report.Add(transformerLine + LoadMeter.LastTiming(meter));
 
-            vae = ZImageAutoencoder.Load(vaePath).To(ScalarType.Float32, device.type == DeviceType.CPU ? null : device);   // the official VAE runs float32
-            report.Add($"vae {Path.GetRelativePath(dir, vaePath)}: FLUX.1 AE, latent {vae.Config.LatentChannels} channels, float32");
+            vae = LoadMeter.Measure(meter, "vae", vaePath,   // the official VAE runs float32
+                () => ZImageAutoencoder.Load(vaePath).To(ScalarType.Float32, device.type == DeviceType.CPU ? null : device));
+            report.Add($"vae {Path.GetRelativePath(dir, vaePath)}: FLUX.1 AE, latent {vae.Config.LatentChannels} channels, float32{LoadMeter.LastTiming(meter)}");
 
-            var (encoder, lease, teConfig, how) = SharedTextEncoders.Load(options.SharedTextEncoders, tePath,
-                PromptFormat.ZImage.Configure(ModelCards.TextEncoder(card.TextEncoder)), dtype, device, dir);
+            var (encoder, lease, teConfig, how) = LoadMeter.Measure(meter, "text encoder", tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath,
+                PromptFormat.ZImage.Configure(ModelCards.TextEncoder(card.TextEncoder)), dtype, device, dir));
             encoderLease = lease;
-            report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), {how}");
+            report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), {how}{LoadMeter.LastTiming(meter)}");
 
-            var tokenizer = Qwen3Tokenizer.Load(tokPath);
-            report.Add($"tokenizer {Path.GetRelativePath(dir, tokPath)}");
+            var tokenizer = LoadMeter.Measure(meter, "tokenizer", tokPath, () => Qwen3Tokenizer.Load(tokPath));
+            report.Add($"tokenizer {Path.GetRelativePath(dir, tokPath)}{LoadMeter.LastTiming(meter)}");
             return new ZImageModel(dir, card, transformer, vae, encoder, tokenizer, report, teConfig.OutputLayers, encoderLease);
         }
         catch

@@ -10,7 +10,7 @@ using InferenceServer.Pipeline.Generation;
 namespace InferenceServer.Server.Cli;
 
 /// <summary>
-/// <c>inference-server inspect PATH [--json]</c>: lists the tensors of a safetensors file, a sharded index, or every
+/// <c>inference-server inspect PATH [--json]</c> (or <c>inspect --timing DIR</c>, see <see cref="LoadTimingReport"/>): lists the tensors of a safetensors file, a sharded index, or every
 /// checkpoint found under a folder (name, dtype, shape, size), with totals per checkpoint: tensor count, parameter
 /// count and bytes per dtype. Reads headers only.
 /// </summary>
@@ -23,9 +23,16 @@ internal static class InspectCommand
     public static Command Create()
     {
         var path = new Argument<string>("path") { Description = "A .safetensors file, a *.safetensors.index.json, or a folder (searched recursively)" };
-        var json = new Option<bool>("--json") { Description = "Print the listing as JSON" };
-        var command = new Command("inspect", "List the tensors of safetensors checkpoints: name, dtype, shape, size, parameter counts") { path, json };
-        command.SetAction(r => Run(r.GetValue(path)!, r.GetValue(json), r.InvocationConfiguration.Output, r.InvocationConfiguration.Error));
+        var json = new Option<bool>("--json") { Description = "Print the listing (or the timing) as JSON" };
+        var timing = new Option<bool>("--timing") { Description = "Load the model folder as serve does, run its warm-up, and report the time and memory of each component" };
+        var dtype = new Option<string>("--dtype") { Description = "With --timing: bf16, fp32, fp8 or int8", DefaultValueFactory = _ => "bf16" };
+        dtype.AcceptOnlyFromAmong(WeightsChoice.Names);
+        var device = new Option<string>("--device") { Description = "With --timing: auto, cpu, cuda or cuda:N", DefaultValueFactory = _ => "auto" };
+        var command = new Command("inspect", "List the tensors of safetensors checkpoints: name, dtype, shape, size, parameter counts; or time a model folder's load (--timing)")
+            { path, json, timing, dtype, device };
+        command.SetAction(r => r.GetValue(timing)
+            ? LoadTimingReport.Run(r.GetValue(path)!, r.GetValue(dtype)!, r.GetValue(device)!, r.GetValue(json), r.InvocationConfiguration.Output)
+            : Run(r.GetValue(path)!, r.GetValue(json), r.InvocationConfiguration.Output, r.InvocationConfiguration.Error));
         return command;
     }
 
