@@ -14,6 +14,9 @@ public sealed record ModelLoadOptions(ScalarType DType = ScalarType.BFloat16, We
     /// <summary>When set, text encoders with identical weights are loaded once and shared with the other models loaded through it.</summary>
     public Qwen3.SharedTextEncoders? SharedTextEncoders { get; init; }
 
+    /// <summary>Whether CPU weights may be memory maps of the files (default: only files on a read-only filesystem; see <see cref="Weights.WeightMapping"/>).</summary>
+    public Weights.WeightMapping Mapping { get; init; } = Weights.WeightMapping.Auto;
+
     /// <summary>When set, receives each component's timings and memory, and the load's progress as tensors are read.</summary>
     public Weights.LoadMeter? Meter { get; init; }
 }

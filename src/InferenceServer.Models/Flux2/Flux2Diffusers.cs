@@ -199,6 +199,17 @@ public static class Flux2Diffusers
         }
 
         public bool ConcurrentReads => inner.ConcurrentReads;
+
+        /// <summary>Mapped when the BFL tensor is one whole diffusers tensor (a fused qkv is assembled, so copied).</summary>
+        public bool TryMap(string name, out Tensor mapped)
+        {
+            mapped = null!;
+            if (!entries.TryGetValue(name, out var e)) return false;
+            var parts = Parts(name, e.Shape[0]);
+            return parts.Count == 1 && parts[0].DiffusersStart == 0 && inner.TryGetEntry(parts[0].Name, out var d) && d.Shape[0] == parts[0].Count
+                && inner.TryMap(parts[0].Name, out mapped);
+        }
+
         public Tensor LoadRaw(string name) => throw new NotSupportedException("raw bytes of an assembled tensor");
         public void Dispose() => inner.Dispose();
     }

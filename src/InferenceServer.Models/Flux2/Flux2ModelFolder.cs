@@ -137,7 +137,7 @@ public static class Flux2ModelFolder
                 var t = transformer = LoadMeter.Build(scope, () => new Flux2Transformer(card.Transformer, device: MetaModules.Meta, dtype: dtype));
                 r = Named(tPath, () =>
                 {
-                    using var source = Checkpoint.Open(tPath);
+                    using var source = Checkpoint.Open(tPath, options.Mapping);
                     return Flux2Checkpoint.Load(t, source, options.Quantization, strict: true, dtype: dtype, device: device);
                 });
             }
@@ -156,7 +156,7 @@ public static class Flux2ModelFolder
             report.Add($"vae {Rel(dir, vaePath)}: {r.Loaded} tensors ({card.Vae}){LoadMeter.LastTiming(meter)}");
 
             var (encoder, lease, teConfig, how) = LoadMeter.Measure(meter, "text encoder", tePath,
-                () => Named(tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath, TextEncoderConfig(card), dtype, device, dir)));
+                () => Named(tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath, TextEncoderConfig(card), dtype, device, dir, options.Mapping)));
             encoderLease = lease;
             report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {how}{LoadMeter.LastTiming(meter)}");
 

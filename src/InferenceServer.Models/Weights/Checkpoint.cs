@@ -10,26 +10,27 @@ public static class Checkpoint
     /// Opens <paramref name="path"/>: a <c>.safetensors</c> file; a <c>*.safetensors.index.json</c>; or a folder
     /// holding one index (used), else every <c>*.safetensors</c> file in it merged (a name in two files is an error).
     /// Throws <see cref="FileNotFoundException"/> or <see cref="InvalidDataException"/> naming the path at fault.
+    /// <paramref name="mapping"/>: whether its tensors may be memory maps of the files (<see cref="ITensorSource.TryMap"/>).
     /// </summary>
-    public static ITensorSource Open(string path)
+    public static ITensorSource Open(string path, WeightMapping mapping = WeightMapping.Off)
     {
         path = Path.GetFullPath(path);
         if (File.Exists(path))
             return path.EndsWith(IndexSuffix, StringComparison.Ordinal) || path.EndsWith(".index.json", StringComparison.Ordinal)
-                ? ShardedSafetensors.Open(path)
-                : SafetensorsFile.Open(path);
+                ? ShardedSafetensors.Open(path, mapping)
+                : SafetensorsFile.Open(path, mapping);
         if (!Directory.Exists(path)) throw new FileNotFoundException($"{path}: no such file or folder", path);
 
         var indexes = Directory.GetFiles(path, "*" + IndexSuffix).Order(StringComparer.Ordinal).ToArray();
         if (indexes.Length > 1)
             throw new InvalidDataException($"{path}: several checkpoint indexes ({string.Join(", ", indexes.Select(Path.GetFileName))}); name one");
-        if (indexes.Length == 1) return ShardedSafetensors.Open(indexes[0]);
+        if (indexes.Length == 1) return ShardedSafetensors.Open(indexes[0], mapping);
         var files = Directory.GetFiles(path, "*.safetensors").Order(StringComparer.Ordinal).ToArray();
         return files.Length switch
         {
             0 => throw new FileNotFoundException($"{path}: no *.safetensors file or {IndexSuffix} in this folder", path),
-            1 => SafetensorsFile.Open(files[0]),
-            _ => ShardedSafetensors.Merge(path, files),
+            1 => SafetensorsFile.Open(files[0], mapping),
+            _ => ShardedSafetensors.Merge(path, files, mapping),
         };
     }
 

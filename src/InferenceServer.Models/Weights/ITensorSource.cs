@@ -31,6 +31,17 @@ public interface ITensorSource : IDisposable
         using (no_grad()) destination.copy_(t);
     }
 
+    /// <summary>
+    /// The tensor as a view of a copy-on-write memory map of its file, in its stored dtype and shape, when the source was
+    /// opened with a <see cref="WeightMapping"/> that allows it (and the bytes are aligned for the dtype); false otherwise.
+    /// Writes to the view (a merged LoRA) go to private pages, never to the file.
+    /// </summary>
+    bool TryMap(string name, out Tensor mapped)
+    {
+        mapped = null!;
+        return false;
+    }
+
     /// <summary>True when <see cref="ReadInto"/> may run on several threads at once (sources that cache a tensor between calls may not).</summary>
     bool ConcurrentReads => false;
 }

@@ -44,7 +44,7 @@ public sealed class LoadMeter(Action<LoadProgress>? progress = null)
         readonly Scope? outer;
         readonly Stopwatch wall = Stopwatch.StartNew();
         readonly string component, path;
-        long buildTicks, readTicks, checkTicks, bytesDone, bytesPlanned;
+        long buildTicks, readTicks, checkTicks, bytesDone, bytesPlanned, bytesMapped;
         int tensors, disposed;
 
         internal Scope(LoadMeter owner, string component, string path)
@@ -71,9 +71,10 @@ public sealed class LoadMeter(Action<LoadProgress>? progress = null)
             owner.progress?.Invoke(new LoadProgress(component, Interlocked.Read(ref bytesDone), total));
         }
 
-        /// <summary>One tensor read (and converted) in <paramref name="ticks"/> stopwatch ticks.</summary>
-        internal void Read(long bytes, long ticks)
+        /// <summary>One tensor read (and converted), or mapped, in <paramref name="ticks"/> stopwatch ticks.</summary>
+        internal void Read(long bytes, long ticks, bool mapped = false)
         {
+            if (mapped) Interlocked.Add(ref bytesMapped, bytes);
             Interlocked.Add(ref readTicks, ticks);
             Interlocked.Increment(ref tensors);
             long done = Interlocked.Add(ref bytesDone, bytes);
@@ -88,7 +89,7 @@ public sealed class LoadMeter(Action<LoadProgress>? progress = null)
             current = outer;
             static TimeSpan Span(long ticks) => TimeSpan.FromSeconds(ticks / (double)Stopwatch.Frequency);
             var load = new ComponentLoad(component, path, tensors, Interlocked.Read(ref bytesDone), Span(buildTicks), Span(readTicks),
-                Span(checkTicks), wall.Elapsed, ProcessMemory.Rss, ProcessMemory.Peak);
+                Span(checkTicks), wall.Elapsed, ProcessMemory.Rss, ProcessMemory.Peak) { MappedBytes = Interlocked.Read(ref bytesMapped) };
             lock (owner.components) owner.components.Add(load);
         }
     }

@@ -11,5 +11,6 @@ internal sealed class NonDisposingSource(ITensorSource inner) : ITensorSource
     public Tensor LoadRaw(string name) => inner.LoadRaw(name);
     public void ReadInto(string name, Tensor destination) => inner.ReadInto(name, destination);
     public bool ConcurrentReads => inner.ConcurrentReads;
+    public bool TryMap(string name, out Tensor mapped) => inner.TryMap(name, out mapped);
     public void Dispose() { }
 }

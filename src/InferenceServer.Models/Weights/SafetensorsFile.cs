@@ -19,8 +19,12 @@ public sealed class SafetensorsFile : ITensorSource
 
     readonly object gate = new();
     readonly Dictionary<string, TensorEntry> byName;
+    readonly Dictionary<ScalarType, Tensor> maps = [];   // under gate: the whole file mapped as each dtype a tensor needs
     SafeFileHandle? handle;
     bool disposed;
+
+    /// <summary>True when tensors may be views of a memory map of this file (<see cref="TryMap"/>; see <see cref="WeightMapping"/>).</summary>
+    public bool Mappable { get; }
 
     /// <summary>Full path of the file.</summary>
     public string Path { get; }
@@ -29,8 +33,9 @@ public sealed class SafetensorsFile : ITensorSource
     public IReadOnlyDictionary<string, string> Metadata { get; }
     public long FileLength { get; }
 
-    SafetensorsFile(string path, long length, List<TensorEntry> entries, Dictionary<string, string> metadata)
+    SafetensorsFile(string path, long length, List<TensorEntry> entries, Dictionary<string, string> metadata, bool mappable)
     {
+        Mappable = mappable;
         Path = path;
         FileLength = length;
         Entries = entries;
@@ -39,12 +44,13 @@ public sealed class SafetensorsFile : ITensorSource
     }
 
     /// <summary>Opens and validates a file; throws <see cref="InvalidDataException"/> naming the file (and tensor) on any defect.</summary>
-    public static SafetensorsFile Open(string path)
+    /// <param name="mapping">Whether <see cref="TryMap"/> may map this file (default: never, every load is a copy).</param>
+    public static SafetensorsFile Open(string path, WeightMapping mapping = WeightMapping.Off)
     {
         path = System.IO.Path.GetFullPath(path);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no such safetensors file", path);
         var (length, entries, metadata) = ReadHeader(path);
-        return new SafetensorsFile(path, length, entries, metadata);
+        return new SafetensorsFile(path, length, entries, metadata, mapping.Allows(path));
     }
 
     public bool TryGetEntry(string name, out TensorEntry entry) => byName.TryGetValue(name, out entry!);
@@ -117,6 +123,30 @@ public sealed class SafetensorsFile : ITensorSource
     }
 
     public bool ConcurrentReads => true;
+
+    /// <summary>
+    /// A view of the tensor in a private (copy-on-write) memory map of this file, when <see cref="Mappable"/>, the dtype is
+    /// not FP8 and the bytes are aligned for it. Mapped through the descriptor this object already holds
+    /// (/proc/self/fd), so the map is of the file whose header was checked even if the path now names another.
+    /// </summary>
+    public bool TryMap(string name, out Tensor mapped)
+    {
+        mapped = null!;
+        var e = this[name];
+        if (!Mappable || e.ByteLength == 0 || e.DType is SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2 || !OperatingSystem.IsLinux()) return false;
+        long size = e.DType.Size();
+        if (e.Offset % size != 0) return false;
+        var dtype = e.DType.ToScalarType();
+        Tensor whole;
+        lock (gate)
+        {
+            if (!maps.TryGetValue(dtype, out whole!))
+                maps[dtype] = whole = from_file($"/proc/self/fd/{Handle().DangerousGetHandle()}", shared: false, size: FileLength / size, dtype: dtype);
+        }
+        using var flat = whole.narrow(0, e.Offset / size, e.ElementCount);
+        mapped = flat.view(e.Shape);
+        return true;
+    }
 
     SafeFileHandle Handle()
     {
@@ -239,6 +269,8 @@ public sealed class SafetensorsFile : ITensorSource
         lock (gate)
         {
             disposed = true;
+            foreach (var m in maps.Values) m.Dispose(); // views handed out keep the mapping alive
+            maps.Clear();
             handle?.Dispose();
         }
     }

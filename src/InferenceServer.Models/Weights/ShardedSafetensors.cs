@@ -32,7 +32,7 @@ public sealed class ShardedSafetensors : ITensorSource
     }
 
     /// <summary>Opens an index; throws <see cref="FileNotFoundException"/> or <see cref="InvalidDataException"/> naming the file and tensor at fault.</summary>
-    public static ShardedSafetensors Open(string indexPath)
+    public static ShardedSafetensors Open(string indexPath, WeightMapping mapping = WeightMapping.Off)
     {
         indexPath = System.IO.Path.GetFullPath(indexPath);
         if (!File.Exists(indexPath)) throw new FileNotFoundException($"{indexPath}: no such index file", indexPath);
@@ -69,7 +69,7 @@ public sealed class ShardedSafetensors : ITensorSource
                 {
                     string full = System.IO.Path.GetFullPath(System.IO.Path.Combine(dir, file));
                     if (!File.Exists(full)) throw new FileNotFoundException($"{indexPath}: tensor '{tensor}' is mapped to {full}, which does not exist", full);
-                    files[file] = f = SafetensorsFile.Open(full);
+                    files[file] = f = SafetensorsFile.Open(full, mapping);
                     ordered.Add(f);
                 }
                 if (!f.TryGetEntry(tensor, out var entry))
@@ -89,7 +89,7 @@ public sealed class ShardedSafetensors : ITensorSource
     /// Merges several safetensors files into one source (a folder of files without an index). A tensor name found
     /// in two files is an <see cref="InvalidDataException"/> naming both.
     /// </summary>
-    public static ShardedSafetensors Merge(string description, IEnumerable<string> paths)
+    public static ShardedSafetensors Merge(string description, IEnumerable<string> paths, WeightMapping mapping = WeightMapping.Off)
     {
         var files = new List<SafetensorsFile>();
         var map = new Dictionary<string, (TensorEntry, SafetensorsFile)>(StringComparer.Ordinal);
@@ -97,7 +97,7 @@ public sealed class ShardedSafetensors : ITensorSource
         {
             foreach (var p in paths)
             {
-                var f = SafetensorsFile.Open(p);
+                var f = SafetensorsFile.Open(p, mapping);
                 files.Add(f);
                 foreach (var e in f.Entries)
                     if (!map.TryAdd(e.Name, (e, f)))
@@ -127,6 +127,8 @@ public sealed class ShardedSafetensors : ITensorSource
     public Tensor LoadRaw(string name) => Find(name).File.LoadRaw(name);
 
     public void ReadInto(string name, Tensor destination) => Find(name).File.ReadInto(name, destination);
+
+    public bool TryMap(string name, out Tensor mapped) => Find(name).File.TryMap(name, out mapped);
 
     public bool ConcurrentReads => true;
 

@@ -54,7 +54,8 @@ public static class StateDict
     /// turns a checkpoint key into a module key, or null to skip it), converting on load. With
     /// <paramref name="dtype"/> the module's floating-point parameters and buffers are first converted to it;
     /// otherwise each tensor keeps its module dtype (a BF16 file loads into an FP32 module as FP32).
-    /// Each tensor is read straight into the module's storage (<see cref="ITensorSource.ReadInto"/>), on
+    /// Each tensor is read straight into the module's storage (<see cref="ITensorSource.ReadInto"/>), or becomes a view of its
+    /// memory-mapped file when the source allows it (<see cref="ITensorSource.TryMap"/>, CPU, same dtype), on
     /// <see cref="ReadThreads"/> threads in file order when the source allows it, and reported to the
     /// <see cref="LoadMeter"/> scope open on this thread.
     /// strict: any missing, unexpected or mis-shaped key throws an <see cref="InvalidDataException"/> naming them,
@@ -97,9 +98,16 @@ public static class StateDict
         {
             using var noGrad = no_grad(); // grad mode is per thread
             long start = Stopwatch.GetTimestamp();
-            source.ReadInto(p.Entry.Name, p.Target);
+            bool isMapped = false;
+            if (p.Target.device_type == DeviceType.CPU && p.Entry.DType is not (SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2)
+                && p.Entry.DType.ToScalarType() == p.Target.dtype && source.TryMap(p.Entry.Name, out var mapped))
+            {
+                using (mapped) p.Target.set_(mapped); // zero-copy: the parameter's storage is now the file's pages (its own empty storage is freed)
+                isMapped = true;
+            }
+            else source.ReadInto(p.Entry.Name, p.Target);
             long read = Stopwatch.GetTimestamp();
-            meter?.Read(p.Entry.ByteLength, read - start);
+            meter?.Read(p.Entry.ByteLength, read - start, isMapped);
             // A NaN or infinite weight turns every image black (or noise) with no error: refuse it here, naming the tensor.
             // Checked where the weight now lives, right after the read (still in cache; on a GPU it costs nothing next to the copy).
             bool finite = FiniteCheck.AllFinite(p.Target);

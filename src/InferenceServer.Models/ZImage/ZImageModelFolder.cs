@@ -69,7 +69,7 @@ public static class ZImageModelFolder
         {
             string transformerLine;
             using (var scope = meter?.Begin("transformer", tPath))
-            using (var source = Checkpoint.Open(tPath))
+            using (var source = Checkpoint.Open(tPath, options.Mapping))
             {
                 string config = Path.Combine(tPath, "config.json");
                 var tc = File.Exists(config) ? ZImageConfig.FromDiffusersConfig(config)
@@ -92,7 +92,7 @@ public static class ZImageModelFolder
             report.Add($"vae {Path.GetRelativePath(dir, vaePath)}: FLUX.1 AE, latent {vae.Config.LatentChannels} channels, float32{LoadMeter.LastTiming(meter)}");
 
             var (encoder, lease, teConfig, how) = LoadMeter.Measure(meter, "text encoder", tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath,
-                PromptFormat.ZImage.Configure(ModelCards.TextEncoder(card.TextEncoder)), dtype, device, dir));
+                PromptFormat.ZImage.Configure(ModelCards.TextEncoder(card.TextEncoder)), dtype, device, dir, options.Mapping));
             encoderLease = lease;
             report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), {how}{LoadMeter.LastTiming(meter)}");
 

@@ -32,10 +32,10 @@ public sealed class Flux2Backend(Flux2Model model, bool ownsModel = true) : IFam
     public LoraRuntime Lora { get; } = new(LoraTargets.Of(model.Transformer, Flux2LoraNaming.Instance));
     public bool UsesGuidance => Model.Card.Transformer.UseGuidanceEmbed || !Model.Card.Sampling.Distilled;
 
-    /// <summary>The stacked Qwen3 hidden states [1, L, context dim] in the encoder's dtype.</summary>
-    public Tensor EncodePrompt(string prompt)
+    /// <summary>The stacked Qwen3 hidden states [1, L, context dim] in the encoder's dtype (L: the encoder's max length, 512).</summary>
+    public Tensor EncodePrompt(string prompt, int? maxTokens = null)
     {
-        var tp = Model.Tokenizer.EncodePrompt(prompt, Model.TextEncoder.Config.MaxLength);
+        var tp = Model.Tokenizer.EncodePrompt(prompt, Math.Min(maxTokens ?? int.MaxValue, Model.TextEncoder.Config.MaxLength));
         return Model.TextEncoder.Encode([tp], Model.TextLayers);
     }
 

@@ -24,4 +24,6 @@ public sealed record GenerationRequest
     public int? Quality { get; init; }
     /// <summary>LoRA adapters for this request (loaded for this pipeline's model with <see cref="GenerationPipeline.LoadAdapter"/>), at most <see cref="PipelineOptions.MaxLorasPerRequest"/>.</summary>
     public IReadOnlyList<LoraUse> Loras { get; init; } = [];
+    /// <summary>At most this many text tokens (the warm-up's short text, never a client's); null: the family's own length. Not cached.</summary>
+    internal int? TextTokens { get; init; }
 }

@@ -49,7 +49,8 @@ public interface IFamilyBackend : IDisposable
     LoraRuntime Lora { get; }
 
     /// <summary>The prompt's text features (family-specific shape, in the model dtype); cached by the pipeline by prompt.</summary>
-    Tensor EncodePrompt(string prompt);
+    /// <param name="maxTokens">At most this many text tokens instead of the family's own length (the warm-up's short text); null: the family's.</param>
+    Tensor EncodePrompt(string prompt, int? maxTokens = null);
 
     /// <summary>Latent of one reference image [1, 3, H, W] in [-1, 1] (H, W multiples of <see cref="LatentGeometry.PixelsPerToken"/>); cached by the pipeline.</summary>
     Tensor EncodeReference(Tensor pixels);

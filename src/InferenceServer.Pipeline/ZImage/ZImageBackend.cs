@@ -33,8 +33,9 @@ public sealed class ZImageBackend(ZImageModel model) : IFamilyBackend
     public PixelRounding Rounding => PixelRounding.HalfToEven;
 
     /// <summary>[L, hidden] features of the prompt's real tokens (L &lt;= 512).</summary>
-    public Tensor EncodePrompt(string prompt) =>
-        Model.TextEncoder.EncodeCaptions([Model.Tokenizer.EncodePrompt(prompt, PromptFormat.ZImage)], Model.TextLayers)[0];
+    public Tensor EncodePrompt(string prompt, int? maxTokens = null) =>
+        Model.TextEncoder.EncodeCaptions([Model.Tokenizer.EncodePrompt(prompt,
+            maxTokens is { } n ? PromptFormat.ZImage with { MaxLength = Math.Min(n, PromptFormat.ZImage.MaxLength) } : PromptFormat.ZImage)], Model.TextLayers)[0];
 
     public Tensor EncodeReference(Tensor pixels) =>
         throw new RequestException("image", $"image: model {CardName} (zimage) generates from text only and takes no reference images");

@@ -86,7 +86,8 @@ internal static class BenchCommand
         AnsiConsole.MarkupLine($"matmul peak: {peakTflops.ToString("F3", CultureInfo.InvariantCulture)} TFLOP/s ({peakN}x{peakN} {s.DType}, {peakMs.ToString("F2", CultureInfo.InvariantCulture)} ms each)");
 
         var load = Stopwatch.StartNew();
-        using var pipeline = new GenerationPipeline(ModelFamilies.Load(s.Model, new ModelLoadOptions(dtype, WeightsChoice.Parse(s.DType).Quantization) { Device = device }));
+        using var pipeline = new GenerationPipeline(LoadProgressBar.Run(meter =>
+            ModelFamilies.Load(s.Model, new ModelLoadOptions(dtype, WeightsChoice.Parse(s.DType).Quantization) { Device = device, Meter = meter })).Result);
         double loadMs = load.Elapsed.TotalMilliseconds;
         var model = pipeline.Backend;
         foreach (var line in model.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));

@@ -4,6 +4,7 @@ using InferenceServer.Models;
 using InferenceServer.Models.Files;
 using InferenceServer.Models.Lora;
 using InferenceServer.Models.Runtime;
+using InferenceServer.Models.Weights;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Lora;
@@ -39,12 +40,14 @@ internal static class GenerateCommand
         var dtype = new Option<string>("--dtype") { Description = "Weights: bf16, fp32, fp8 or int8 (8-bit transformer weights, bf16 compute)", DefaultValueFactory = _ => "bf16" };
         dtype.AcceptOnlyFromAmong(WeightsChoice.Names);
         var device = new Option<string>("--device") { Description = "auto (CUDA when libtorch has it and sees a GPU), cpu, cuda or cuda:N", DefaultValueFactory = _ => "auto" };
+        var mmap = new Option<string>("--mmap") { Description = "CPU weights as memory maps of the files: auto (files on a read-only filesystem), on, off", DefaultValueFactory = _ => "auto" };
+        mmap.AcceptOnlyFromAmong(WeightMappings.Names);
         var repeat = new Option<int>("--repeat") { Description = "Run the request this many times in one process (timings of each; repeats hit the prompt cache)", DefaultValueFactory = _ => 1 };
         var lora = new Option<string[]>("--lora") { Description = "LoRA adapter: a .safetensors file or a name in --lora-dir, with an optional :SCALE (default 1); repeat for several", AllowMultipleArgumentsPerToken = false };
         var loraDir = new Option<string?>("--lora-dir") { Description = "Folder where --lora names are looked up (NAME.safetensors)" };
         var outFile = new Option<string>("--out") { Description = "Output file (n > 1: FILE-0.ext, FILE-1.ext, ...)", Required = true };
         var command = new Command(name, edit ? "Edit: generate from a prompt and one or more reference images" : "Generate images from a prompt (and optional reference images)")
-            { model, prompt, image, size, aspect, resolution, n, seed, steps, guidance, format, quality, dtype, device, repeat, lora, loraDir, outFile };
+            { model, prompt, image, size, aspect, resolution, n, seed, steps, guidance, format, quality, dtype, device, mmap, repeat, lora, loraDir, outFile };
         command.SetAction(r =>
         {
             if (!ImageFormats.TryParse(r.GetValue(format), out var fmt)) throw new ArgumentException($"format '{r.GetValue(format)}': expected {ImageFormats.Accepted}");
@@ -66,7 +69,7 @@ internal static class GenerateCommand
             // Files are found before the model loads, so a wrong name fails at once.
             var dir = r.GetValue(loraDir);
             var adapters = (r.GetValue(lora) ?? []).Select(LoraSpec.Parse).Select(l => (Path: l.Resolve(dir), l.Scale)).ToList();
-            return Run(r.GetValue(model)!, request, adapters, r.GetValue(dtype)!, r.GetValue(device)!, r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
+            return Run(r.GetValue(model)!, request, adapters, r.GetValue(dtype)!, r.GetValue(device)!, WeightMappings.Parse(r.GetValue(mmap)!), r.GetValue(outFile)!, Math.Max(1, r.GetValue(repeat)));
         });
         return command;
     }
@@ -75,13 +78,15 @@ internal static class GenerateCommand
     internal static string OutputPath(string file, int i, int n) =>
         n == 1 ? file : Path.Combine(Path.GetDirectoryName(file) ?? "", $"{Path.GetFileNameWithoutExtension(file)}-{i}{Path.GetExtension(file)}");
 
-    static int Run(string modelDir, GenerationRequest request, IReadOnlyList<(string Path, double Scale)> loras, string weights, string deviceName, string outFile, int repeat)
+    static int Run(string modelDir, GenerationRequest request, IReadOnlyList<(string Path, double Scale)> loras, string weights, string deviceName,
+        WeightMapping mapping, string outFile, int repeat)
     {
         TorchRuntime.EnsureInitialized();
         var device = ComputeDevice.Resolve(deviceName);
         var load = System.Diagnostics.Stopwatch.StartNew();
         var (dtype, quantization) = WeightsChoice.Parse(weights);
-        using var pipeline = new GenerationPipeline(ModelFamilies.Load(modelDir, new ModelLoadOptions(dtype, quantization) { Device = device }));
+        using var pipeline = new GenerationPipeline(LoadProgressBar.Run(meter =>
+            ModelFamilies.Load(modelDir, new ModelLoadOptions(dtype, quantization) { Device = device, Meter = meter, Mapping = mapping })).Result);
         foreach (var line in pipeline.Backend.LoadReport) AnsiConsole.MarkupLine(Markup.Escape(line));
         AnsiConsole.MarkupLine($"loaded in {load.Elapsed.TotalSeconds:F1} s");
         var adapters = new List<LoraAdapter>();

@@ -28,10 +28,12 @@ internal static class InspectCommand
         var dtype = new Option<string>("--dtype") { Description = "With --timing: bf16, fp32, fp8 or int8", DefaultValueFactory = _ => "bf16" };
         dtype.AcceptOnlyFromAmong(WeightsChoice.Names);
         var device = new Option<string>("--device") { Description = "With --timing: auto, cpu, cuda or cuda:N", DefaultValueFactory = _ => "auto" };
+        var mmap = new Option<string>("--mmap") { Description = "With --timing: CPU weights as memory maps of the files: auto (files on a read-only filesystem), on, off", DefaultValueFactory = _ => "auto" };
+        mmap.AcceptOnlyFromAmong(WeightMappings.Names);
         var command = new Command("inspect", "List the tensors of safetensors checkpoints: name, dtype, shape, size, parameter counts; or time a model folder's load (--timing)")
-            { path, json, timing, dtype, device };
+            { path, json, timing, dtype, device, mmap };
         command.SetAction(r => r.GetValue(timing)
-            ? LoadTimingReport.Run(r.GetValue(path)!, r.GetValue(dtype)!, r.GetValue(device)!, r.GetValue(json), r.InvocationConfiguration.Output)
+            ? LoadTimingReport.Run(r.GetValue(path)!, r.GetValue(dtype)!, r.GetValue(device)!, WeightMappings.Parse(r.GetValue(mmap)!), r.GetValue(json), r.InvocationConfiguration.Output)
             : Run(r.GetValue(path)!, r.GetValue(json), r.InvocationConfiguration.Output, r.InvocationConfiguration.Error));
         return command;
     }

@@ -17,14 +17,14 @@ namespace InferenceServer.Server.Cli;
 /// </summary>
 internal static class LoadTimingReport
 {
-    public static int Run(string dir, string weights, string deviceName, bool json, TextWriter output)
+    public static int Run(string dir, string weights, string deviceName, WeightMapping mapping, bool json, TextWriter output)
     {
         if (!Directory.Exists(dir)) throw new ArgumentException($"--timing: {dir} is not a model folder");
         var device = ComputeDevice.Resolve(deviceName);
         var (dtype, quantization) = WeightsChoice.Parse(weights);
         long checkpointBytes = Checkpoint.Discover(dir).Sum(FileBytes);
         var total = Stopwatch.StartNew();
-        var (backend, meter) = LoadProgressBar.Run(m => ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization) { Device = device, Meter = m }));
+        var (backend, meter) = LoadProgressBar.Run(m => ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization) { Device = device, Meter = m, Mapping = mapping }));
         var loaded = total.Elapsed;
         using var pipeline = new GenerationPipeline(backend);
         var warmUp = TimeSpan.FromMilliseconds(pipeline.WarmUp());
@@ -37,6 +37,8 @@ internal static class LoadTimingReport
             ["weights"] = weights,
             ["device"] = device.ToString(),
             ["huge_pages"] = TorchRuntime.HugePages,
+            ["mmap"] = mapping.ToString().ToLowerInvariant(),
+            ["bytes_mapped"] = components.Sum(c => c.MappedBytes),
             ["read_threads"] = StateDict.ReadThreads,
             ["checkpoint_bytes"] = checkpointBytes,
             ["bytes_read"] = components.Sum(c => c.Bytes),
@@ -46,6 +48,7 @@ internal static class LoadTimingReport
                 ["path"] = c.Path,
                 ["tensors"] = c.Tensors,
                 ["bytes"] = c.Bytes,
+                ["bytes_mapped"] = c.MappedBytes,
                 ["build_s"] = Round(c.Build.TotalSeconds),
                 ["read_s"] = Round(c.Read.TotalSeconds),
                 ["check_s"] = Round(c.Check.TotalSeconds),
@@ -65,11 +68,11 @@ internal static class LoadTimingReport
         }
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(output) });
         if (!ReferenceEquals(output, Console.Out) || Console.IsOutputRedirected) console.Profile.Width = 200;
-        console.WriteLine($"{Path.GetFullPath(dir)}: {backend.Family}, {weights} on {device}; huge pages {(TorchRuntime.HugePages ? "on" : "off")}, {StateDict.ReadThreads} reading threads");
-        var table = new Table().AddColumns("component", "tensors", "read", "build s", "read s*", "check s*", "wall s", "GB/s", "RSS after", "peak RSS");
+        console.WriteLine($"{Path.GetFullPath(dir)}: {backend.Family}, {weights} on {device}; huge pages {(TorchRuntime.HugePages ? "on" : "off")}, {StateDict.ReadThreads} reading threads, mmap {mapping.ToString().ToLowerInvariant()}");
+        var table = new Table().AddColumns("component", "tensors", "read", "mapped", "build s", "read s*", "check s*", "wall s", "GB/s", "RSS after", "peak RSS");
         for (int i = 1; i < table.Columns.Count; i++) table.Columns[i].RightAligned();
         foreach (var c in components)
-            table.AddRow(c.Component, c.Tensors.ToString(CultureInfo.InvariantCulture), GB(c.Bytes), S(c.Build), S(c.Read), S(c.Check), S(c.Total),
+            table.AddRow(c.Component, c.Tensors.ToString(CultureInfo.InvariantCulture), GB(c.Bytes), GB(c.MappedBytes), S(c.Build), S(c.Read), S(c.Check), S(c.Total),
                 (c.BytesPerSecond / 1e9).ToString("F2", CultureInfo.InvariantCulture), GB(c.RssBytes), GB(c.PeakRssBytes));
         console.Write(table);
         console.WriteLine("* summed over the reading threads");

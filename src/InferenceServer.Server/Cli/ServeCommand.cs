@@ -21,6 +21,7 @@ internal static class ServeCommand
         var grpcPort = new Option<int?>("--grpc-port") { Description = "gRPC port (default 50051; 0: any free port)" };
         var bind = new Option<string?>("--bind") { Description = "Address to listen on (default 0.0.0.0)" };
         var dtype = new Option<string?>("--dtype") { Description = "Weights: bf16 (default), fp32, fp8 or int8 (8-bit transformer weights, bf16 compute)" };
+        var mmap = new Option<string?>("--mmap") { Description = "CPU weights as memory maps of the files: auto (default: files on a read-only filesystem), on (never modify the files in place while serving), off" };
         var apiKey = new Option<string[]>("--api-key") { Description = "Accepted API key (repeat for several); none: no auth" };
         var maxQueue = new Option<int?>("--max-queue") { Description = "Requests waiting before 429 / RESOURCE_EXHAUSTED (default 64)" };
         var maxBatch = new Option<int?>("--max-batch") { Description = "Images per engine batch (default 4)" };
@@ -30,7 +31,7 @@ internal static class ServeCommand
         var maxLoras = new Option<int?>("--max-loras") { Description = "Adapters one request may name (default 4)" };
         var keepRunning = new Option<bool>("--keep-running-on-load-failure") { Description = "Stay up (healthz 200, every request 503) when a model fails to load, instead of exiting with code 3" };
         var command = new Command("serve", "Serve gRPC (inference.v1.ImageService) and the OpenAI-compatible HTTP API")
-            { model, name, httpPort, grpcPort, bind, dtype, apiKey, maxQueue, maxBatch, loraDir, loraMerge, loraCache, maxLoras, keepRunning };
+            { model, name, httpPort, grpcPort, bind, dtype, mmap, apiKey, maxQueue, maxBatch, loraDir, loraMerge, loraCache, maxLoras, keepRunning };
         command.SetAction(async (r, ct) =>
         {
             var app = ServerHost.Build([], o =>
@@ -41,6 +42,7 @@ internal static class ServeCommand
                 if (r.GetValue(grpcPort) is { } gp) o.GrpcPort = gp;
                 if (r.GetValue(bind) is { } b) o.BindAddress = b;
                 if (r.GetValue(dtype) is { } d) o.DType = d;
+                if (r.GetValue(mmap) is { } mm) o.MemoryMap = mm;
                 if (r.GetValue(apiKey) is { Length: > 0 } keys) o.ApiKeys = [.. keys];
                 if (r.GetValue(maxQueue) is { } q) o.Queue.MaxQueued = q;
                 if (r.GetValue(maxBatch) is { } mb) o.Queue.MaxBatchImages = mb;

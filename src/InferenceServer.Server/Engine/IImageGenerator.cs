@@ -59,6 +59,12 @@ public interface IImageGenerator
     /// <summary>True once the default model is loaded and warmed up, until shutdown starts.</summary>
     bool Ready { get; }
 
+    /// <summary>
+    /// What the engine is doing, for /readyz and the health check: "starting", "loading NAME: transformer 45% (3.49 of
+    /// 7.75 GB)", "warming up NAME (64x64, 1 step)", "ready", "draining", or "failed: why".
+    /// </summary>
+    string Phase { get; }
+
     /// <summary>Raised (on the thread that changed it) when <see cref="Ready"/> may have changed: models warm, drain begun.</summary>
     event Action? ReadinessChanged;
 }

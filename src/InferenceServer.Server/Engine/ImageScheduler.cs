@@ -30,7 +30,8 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     readonly ServerMetrics metrics;
     readonly BatchRunner runner;
     readonly LoraLibrary loras;
-    readonly Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>> loadModels;
+    readonly Func<ServerOptions, Action<string>, Action<string>, IReadOnlyList<ServedModel>> loadModels;
+    volatile string phase = "starting";
     readonly LinkedList<Job> queue = new();
     readonly object gate = new();
     readonly CancellationTokenSource stopping = new();
@@ -45,7 +46,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     int lastBatchRequests, arrivedDuringBatch;   // under gate: is there concurrent load worth a gathering window?
 
     public ImageScheduler(IOptions<ServerOptions> options, ILogger<ImageScheduler> log, ServerMetrics metrics, LoraLibrary loras,
-        IdleMemoryRelease memory, Func<ServerOptions, Action<string>, IReadOnlyList<ServedModel>>? loadModels = null)
+        IdleMemoryRelease memory, Func<ServerOptions, Action<string>, Action<string>, IReadOnlyList<ServedModel>>? loadModels = null)
     {
         this.options = options.Value;
         this.log = log;
@@ -58,6 +59,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
 
     public IReadOnlyList<ModelDescriptor> Models => models.Select(m => m.Describe()).ToList();
     public bool Ready => !draining && models.Count > 0 && models.All(m => m.Ready);
+    public string Phase => draining ? "draining" : phase;
     public event Action? ReadinessChanged;
     /// <summary>Completes when the models are loaded and warm (or faults with the load error).</summary>
     public Task Loaded => loaded.Task;
@@ -69,7 +71,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     public long BatchesRun => Interlocked.Read(ref batchesRun);
     long batchesRun;
 
-    static IReadOnlyList<ServedModel> DefaultLoad(ServerOptions o, Action<string> log) => ServedModel.LoadAll(o, log);
+    static IReadOnlyList<ServedModel> DefaultLoad(ServerOptions o, Action<string> log, Action<string> phase) => ServedModel.LoadAll(o, log, phase);
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -286,19 +288,27 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                     It is for a first try, tests and load measurements; serve a real model folder with --model DIR.
                     ************************************************************************************************
                     """);
-            models = loadModels(options, line => log.LogInformation("{Line}", line));
+            var started = Stopwatch.StartNew();
+            phase = "loading";
+            models = loadModels(options, line => log.LogInformation("{Line}", line), p => phase = p);
+            log.LogInformation("loaded in {Seconds:F1} s", started.Elapsed.TotalSeconds);
             foreach (var m in models)
             {
                 var sw = Stopwatch.StartNew();
+                phase = $"warming up {m.Name} (64x64, 1 step)";
+                log.LogInformation("{Phase}", phase);
                 m.Pipeline.WarmUp();
                 m.Ready = true;
                 log.LogInformation("model {Model} warm in {Ms:0} ms", m.Name, sw.Elapsed.TotalMilliseconds);
             }
+            phase = "ready";
+            log.LogInformation("ready {Seconds:F1} s after start", started.Elapsed.TotalSeconds);
             ReadinessChanged?.Invoke();
             loaded.TrySetResult();
         }
         catch (Exception e)
         {
+            phase = $"failed: {e.Message}";
             log.LogCritical(e, "model load failed: {Message}", e.Message);
             loaded.TrySetException(e);
             return;

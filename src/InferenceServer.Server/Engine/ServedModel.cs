@@ -3,6 +3,7 @@ using InferenceServer.Models.Flux2;
 using InferenceServer.Models.Lora;
 using InferenceServer.Models.Qwen3;
 using InferenceServer.Models.Runtime;
+using InferenceServer.Models.Weights;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Pipeline.Images;
 using InferenceServer.Server.Hosting;
@@ -62,13 +63,20 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
         Decode = new ImageLimits { MaxPixels = l.MaxInputPixels },
     };
 
-    /// <summary>Loads a model folder of any registered family with the server's limits; <paramref name="log"/> gets one line per component.</summary>
+    /// <summary>
+    /// Loads a model folder of any registered family with the server's limits; <paramref name="log"/> gets one line per component
+    /// (with its timing) and a line per quarter of each, <paramref name="phase"/> the load's progress as it reads.
+    /// </summary>
     /// <param name="shared">Text encoders shared with the other models of this server (identical weights load once).</param>
-    public static ServedModel Load(string dir, string? name, ServerOptions options, bool isDefault = true, Action<string>? log = null, SharedTextEncoders? shared = null)
+    public static ServedModel Load(string dir, string? name, ServerOptions options, bool isDefault = true, Action<string>? log = null, SharedTextEncoders? shared = null,
+        Action<string>? phase = null)
     {
         var (dtype, quantization) = Cli.WeightsChoice.Parse(options.DType);
         var device = ComputeDevice.Resolve(options.Device);
-        var backend = ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization) { Device = device, SharedTextEncoders = shared });
+        var reporter = new LoadPhaseReporter(name ?? Path.GetFileName(dir.TrimEnd(Path.DirectorySeparatorChar)), phase ?? (_ => { }), log ?? (_ => { }));
+        var meter = new LoadMeter(reporter.Report);
+        var backend = ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization)
+            { Device = device, SharedTextEncoders = shared, Meter = meter, Mapping = WeightMappings.Parse(options.MemoryMap) });
         foreach (var line in backend.LoadReport) log?.Invoke(line);
         var pipeline = new GenerationPipeline(backend, PipelineOptionsFor(options.Limits, options.Lora));
         return new ServedModel(name ?? backend.CardName, pipeline, device.ToString(), isDefault);
@@ -78,7 +86,7 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
     /// Every model of the options, in order (the first is the default): <c>--model DIR</c> or <c>--model NAME=DIR</c> entries,
     /// named by NAME, else by the folder name; without any, the embedded tiny random model.
     /// </summary>
-    public static IReadOnlyList<ServedModel> LoadAll(ServerOptions o, Action<string>? log = null)
+    public static IReadOnlyList<ServedModel> LoadAll(ServerOptions o, Action<string>? log = null, Action<string>? phase = null)
     {
         var specs = o.Models.Count > 0 ? o.Models.Select(ParseSpec).ToList()
             : [(o.ModelName ?? "flux2-tiny-random", EnsureTinyModel(o.CacheDirectory))];
@@ -90,7 +98,7 @@ public sealed class ServedModel(string name, GenerationPipeline pipeline, string
         var shared = specs.Count > 1 ? new SharedTextEncoders() : null;
         try
         {
-            foreach (var (n, dir) in specs) loaded.Add(Load(dir, n, o, isDefault: loaded.Count == 0, log, shared));
+            foreach (var (n, dir) in specs) loaded.Add(Load(dir, n, o, isDefault: loaded.Count == 0, log, shared, phase));
             foreach (var spec in o.Lora.Merge) MergeIntoAll(loaded, LoraSpec.Parse(spec), o.Lora.Directory, log);
             return loaded;
         }

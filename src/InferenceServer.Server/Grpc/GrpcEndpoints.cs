@@ -178,6 +178,6 @@ public static class GrpcEndpoints
     sealed class EngineHealthCheck(IImageGenerator generator) : IHealthCheck
     {
         public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-            Task.FromResult(generator.Ready ? HealthCheckResult.Healthy("model loaded and warm") : HealthCheckResult.Unhealthy("loading or draining"));
+            Task.FromResult(generator.Ready ? HealthCheckResult.Healthy("model loaded and warm") : HealthCheckResult.Unhealthy(generator.Phase));
     }
 }

@@ -67,7 +67,7 @@ public static class ServerHost
             (_, level, message) => vipsLog.Log(level.HasFlag(NetVips.Enums.LogLevelFlags.Critical) ? LogLevel.Warning : LogLevel.Debug, "{Message}", message));
 
         app.MapGet("/healthz", () => Results.Text("ok"));
-        app.MapGet("/readyz", (IImageGenerator g) => g.Ready ? Results.Text("ready") : Results.Text("not ready", statusCode: 503));
+        app.MapGet("/readyz", (IImageGenerator g) => g.Ready ? Results.Text("ready") : Results.Text($"not ready: {g.Phase}", statusCode: 503));
         app.MapInferenceGrpc();
         app.MapMetrics("/metrics", app.Services.GetRequiredService<ServerMetrics>().Registry);
         app.MapOpenAiImages();

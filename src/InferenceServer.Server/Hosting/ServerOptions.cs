@@ -20,6 +20,8 @@ public sealed class ServerOptions
     public string DType { get; set; } = "bf16";
     /// <summary>auto (CUDA when present), cpu, cuda, cuda:N.</summary>
     public string Device { get; set; } = "auto";
+    /// <summary>CPU weights as memory maps of the model files: auto (files on a read-only filesystem), on (every file: never modify them in place while serving), off.</summary>
+    public string MemoryMap { get; set; } = "auto";
     /// <summary>Where the embedded tiny model is written on first start; null: $XDG_CACHE_HOME or ~/.cache /inference-server.</summary>
     public string? CacheDirectory { get; set; }
 

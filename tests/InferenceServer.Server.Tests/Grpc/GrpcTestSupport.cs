@@ -28,6 +28,7 @@ public sealed class RecordingGenerator(ImageScheduler inner) : IImageGenerator
     public ConcurrentDictionary<string, JobTrace> Jobs { get; } = new();
     public IReadOnlyList<ModelDescriptor> Models => inner.Models;
     public bool Ready => inner.Ready;
+    public string Phase => inner.Phase;
     public event Action? ReadinessChanged { add => inner.ReadinessChanged += value; remove => inner.ReadinessChanged -= value; }
 
     public async Task<JobResult> GenerateAsync(ImageJobRequest request, Action<JobEvent>? onEvent = null, CancellationToken cancellationToken = default)

@@ -102,6 +102,7 @@ public sealed class LoraCacheTests
     {
         public IReadOnlyList<ModelDescriptor> Models => inner.Models;
         public bool Ready => inner.Ready;
+        public string Phase => inner.Phase;
         public event Action? ReadinessChanged { add => inner.ReadinessChanged += value; remove => inner.ReadinessChanged -= value; }
 
         public Task<JobResult> GenerateAsync(ImageJobRequest request, Action<JobEvent>? onEvent = null, CancellationToken cancellationToken = default) =>
