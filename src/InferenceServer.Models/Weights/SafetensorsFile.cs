@@ -94,7 +94,10 @@ public sealed class SafetensorsFile : ITensorSource
     /// (same dtype), or are read in pieces of 64 MB into one scratch tensor and converted into it (another float dtype),
     /// so no whole-tensor copy is ever made. Elsewhere (a GPU, FP8 codes): loaded and copied.
     /// </summary>
-    public void ReadInto(string name, Tensor destination)
+    public void ReadInto(string name, Tensor destination) => ReadInto(name, destination, ConvertChunkBytes);
+
+    /// <summary><see cref="ReadInto(string, Tensor)"/> converting in pieces of <paramref name="chunkBytes"/> (tests use small ones).</summary>
+    internal void ReadInto(string name, Tensor destination, long chunkBytes)
     {
         var e = this[name];
         if (!destination.shape.SequenceEqual(e.Shape))
@@ -105,7 +108,7 @@ public sealed class SafetensorsFile : ITensorSource
         if (direct && destination.is_floating_point() && e.ByteLength > 0)
         {
             using var flat = destination.view(-1);
-            long size = e.DType.Size(), perChunk = Math.Max(1, ConvertChunkBytes / size);
+            long size = e.DType.Size(), perChunk = Math.Max(1, chunkBytes / size);
             using var scratch = empty(Math.Min(perChunk, flat.numel()), stored);
             using var noGrad = no_grad();
             for (long start = 0; start < flat.numel(); start += perChunk)

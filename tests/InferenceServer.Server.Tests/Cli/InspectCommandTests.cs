@@ -113,4 +113,25 @@ public sealed class InspectCommandTests : IDisposable
     [InlineData(7_760_000_000, "7.23 GiB")]
     [InlineData(1536, "1.50 KiB")]
     public void Sizes_use_binary_units(long n, string text) => Assert.Equal(text, InspectCommand.Size(n));
+
+    [Fact]
+    public async Task Timing_loads_the_folder_warms_it_up_and_reports_each_component_as_json()
+    {
+        string model = Path.Combine(dir, "tiny");
+        Assert.Equal(0, await CommandLine.Build().Parse(["random-checkpoint", "--preset", "tiny", "--out", model, "--seed", "2"]).InvokeAsync());
+        var (code, output, error) = await Run("inspect", model, "--timing", "--json", "--device", "cpu", "--mmap", "on");
+        Assert.True(code == 0, error);
+        using var doc = JsonDocument.Parse(output);
+        var root = doc.RootElement;
+        var components = root.GetProperty("components").EnumerateArray().ToList();
+        Assert.Equal(["transformer", "vae", "text encoder", "tokenizer"], components.Select(c => c.GetProperty("component").GetString()));
+        var transformer = components[0];
+        Assert.True(transformer.GetProperty("tensors").GetInt32() > 0);
+        Assert.Equal(transformer.GetProperty("bytes").GetInt64(), transformer.GetProperty("bytes_mapped").GetInt64()); // bf16 file, bf16 model, mmap on
+        Assert.True(root.GetProperty("warmup_s").GetDouble() > 0);
+        Assert.True(root.GetProperty("ready_s").GetDouble() >= root.GetProperty("load_s").GetDouble());
+        Assert.Equal(components.Sum(c => c.GetProperty("bytes").GetInt64()), root.GetProperty("bytes_read").GetInt64());
+        Assert.True(root.GetProperty("bytes_read").GetInt64() <= root.GetProperty("checkpoint_bytes").GetInt64());
+        Assert.True(root.GetProperty("huge_pages").GetBoolean());
+    }
 }
