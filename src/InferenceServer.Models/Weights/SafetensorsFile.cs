@@ -9,8 +9,9 @@ namespace InferenceServer.Models.Weights;
 /// A safetensors file read lazily: <c>u64-LE header length, JSON header, raw little-endian data</c>.
 /// Opening reads and validates the header only (the file is opened again at the first load); each <see cref="Load"/> reads just that tensor's
 /// bytes with one positional read (pread) straight into the new tensor, so loading one tensor of an 8 GB file reads a
-/// few MB and memory grows by that tensor only. Loads may run on several threads at once. (A memory map measured no
-/// faster: filling the new tensor's memory dominates, and that copy is needed either way; see SafetensorsLoadBenchmarks.)
+/// few MB and memory grows by that tensor only. Loads may run on several threads at once. Opened with a
+/// <see cref="WeightMapping"/> that allows it, tensors can instead be views of a private memory map of the file
+/// (<see cref="TryMap"/>): no copy at all, the page cache is the weights' memory.
 /// </summary>
 public sealed class SafetensorsFile : ITensorSource
 {
