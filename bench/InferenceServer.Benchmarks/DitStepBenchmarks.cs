@@ -1,3 +1,4 @@
+using InferenceServer.Models.Runtime;
 using BenchmarkDotNet.Attributes;
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
@@ -57,7 +58,7 @@ public class DitStepBenchmarks
     [IterationSetup]
     public void ResetPeak()
     {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        ProcessMemory.ResetPeak();
     }
 
     [Benchmark]

@@ -1,3 +1,4 @@
+using InferenceServer.Models.Runtime;
 using BenchmarkDotNet.Attributes;
 using InferenceServer.Models;
 using InferenceServer.Models.Flux2;
@@ -56,7 +57,7 @@ public class Flux2StepBenchmarks
     }
 
     [IterationSetup]
-    public void ResetPeak() => ResetPeakRss();
+    public void ResetPeak() => ProcessMemory.ResetPeak();
 
     [Benchmark]
     public void Step()
@@ -64,30 +65,16 @@ public class Flux2StepBenchmarks
         using var scope = NewDisposeScope();
         model!.Forward(x!, xIds!, t!, ctx!, ctxIds!);
         Blocks.BenchDevice.Sync();
-        peakRss = Math.Max(peakRss, ReadStatusKb("VmHWM"));
+        peakRss = Math.Max(peakRss, ProcessMemory.Peak / 1024);
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        Console.WriteLine($"// {Weights}: peak RSS during steps {peakRss / 1024.0 / 1024.0:F2} GiB (VmHWM), RSS now {ReadStatusKb("VmRSS") / 1024.0 / 1024.0:F2} GiB");
+        Console.WriteLine($"// {Weights}: peak RSS during steps {peakRss / 1024.0 / 1024.0:F2} GiB (VmHWM), RSS now {ProcessMemory.Rss / 1024.0 / 1024.0 / 1024.0:F2} GiB");
         model?.Dispose();
         foreach (var v in new[] { x, xIds, ctx, ctxIds, t }) v?.Dispose();
         peakRss = 0;
         GC.Collect();
-    }
-
-    /// <summary>Resets VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs).</summary>
-    static void ResetPeakRss()
-    {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    }
-
-    static long ReadStatusKb(string key)
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith(key + ":", StringComparison.Ordinal))
-                return long.Parse(line[(key.Length + 1)..].Trim().Split(' ')[0]);
-        return 0;
     }
 }

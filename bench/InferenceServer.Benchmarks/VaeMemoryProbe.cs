@@ -1,3 +1,4 @@
+using InferenceServer.Models.Runtime;
 using System.Diagnostics;
 using TorchSharp;
 using InferenceServer.Models.Flux2.Autoencoder;
@@ -26,22 +27,16 @@ static class VaeMemoryProbe
         var options = tiled
             ? new VaeDecodeOptions { MemoryBudgetBytes = (long)(budgetGiB * (1L << 30)) }
             : new VaeDecodeOptions { MemoryBudgetBytes = long.MaxValue };
-        long baseline = Kib("VmRSS");
-        File.WriteAllText("/proc/self/clear_refs", "5");                   // reset VmHWM to the current RSS
+        long baseline = ProcessMemory.Rss / 1024;
+        ProcessMemory.ResetPeak();                                         // VmHWM from the current RSS
         var sw = Stopwatch.StartNew();
         using (var image = ae.Decode(tokens, options)) { }
         sw.Stop();
-        long peak = Kib("VmHWM");
+        long peak = ProcessMemory.Peak / 1024;
         int elementSize = dtype.ElementSize();
         int tile = tiled ? AutoEncoderMemory.ChooseTile(c, 1, z, z, elementSize, options) : (int)z;
         long estimate = AutoEncoderMemory.EstimateDecodeBytes(c, 1, Math.Min(z, tile), Math.Min(z, tile), elementSize);
         Console.WriteLine($"vae-memory {side}x{side} {dtype} {(tiled ? $"tiled (budget {budgetGiB} GiB, tile {tile} latent px)" : "whole")}: " +
             $"baseline RSS {baseline / 1048576.0:F2} GiB, decode peak +{(peak - baseline) / 1048576.0:F2} GiB (estimate {estimate / (double)(1L << 30):F2} GiB), {sw.Elapsed.TotalSeconds:F1} s");
-    }
-
-    static long Kib(string field)
-    {
-        var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith(field + ":", StringComparison.Ordinal));
-        return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
     }
 }
