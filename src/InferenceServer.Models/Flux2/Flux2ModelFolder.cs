@@ -145,10 +145,13 @@ public static class Flux2ModelFolder
 
             using (var scope = meter?.Begin("vae", vaePath))
             {
-                vae = LoadMeter.Build(scope, () => new Flux2Autoencoder(VaeConfig(card)));
+                // Built on meta and given uninitialised storage (its random init measured 0.6-1.2 s), then every tensor is loaded.
+                vae = LoadMeter.Build(scope, () => MetaModules.Materialize(new Flux2Autoencoder(VaeConfig(card), MetaModules.Meta), CPU));
                 using var src = Checkpoint.Open(vaePath);
                 // diffusers' converter drops bn.num_batches_tracked (unused at inference): the one tensor allowed to be absent.
                 r = vae.LoadWeights(src, strict: false);
+                if (r.Missing.Contains("bn.num_batches_tracked"))
+                    using (no_grad()) vae.state_dict()["bn.num_batches_tracked"].zero_();   // not in the file: zero, as a fresh BatchNorm
                 r = r with { Missing = r.Missing.Where(m => m != "bn.num_batches_tracked").ToList() };
                 r.ThrowIfNotClean(vaePath);
                 vae.To(dtype, device.type == DeviceType.CPU ? null : device);

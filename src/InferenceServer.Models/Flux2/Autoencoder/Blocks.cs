@@ -19,13 +19,13 @@ internal sealed class ResnetBlock : Module<Tensor, Tensor>
     readonly Conv2d conv2;
     readonly Conv2d? nin_shortcut;
 
-    public ResnetBlock(long inChannels, long outChannels, AutoEncoderConfig c) : base(nameof(ResnetBlock))
+    public ResnetBlock(long inChannels, long outChannels, AutoEncoderConfig c, Device? device = null) : base(nameof(ResnetBlock))
     {
-        norm1 = GroupNorm(c.GroupNormGroups, inChannels, c.GroupNormEps, affine: true);
-        conv1 = Conv2d(inChannels, outChannels, kernel_size: 3, stride: 1, padding: 1);
-        norm2 = GroupNorm(c.GroupNormGroups, outChannels, c.GroupNormEps, affine: true);
-        conv2 = Conv2d(outChannels, outChannels, kernel_size: 3, stride: 1, padding: 1);
-        if (inChannels != outChannels) nin_shortcut = Conv2d(inChannels, outChannels, kernel_size: 1, stride: 1, padding: 0L);
+        norm1 = GroupNorm(c.GroupNormGroups, inChannels, c.GroupNormEps, affine: true, device: device);
+        conv1 = Conv2d(inChannels, outChannels, kernel_size: 3, stride: 1, padding: 1, device: device);
+        norm2 = GroupNorm(c.GroupNormGroups, outChannels, c.GroupNormEps, affine: true, device: device);
+        conv2 = Conv2d(outChannels, outChannels, kernel_size: 3, stride: 1, padding: 1, device: device);
+        if (inChannels != outChannels) nin_shortcut = Conv2d(inChannels, outChannels, kernel_size: 1, stride: 1, padding: 0L, device: device);
         RegisterComponents();
     }
 
@@ -51,13 +51,13 @@ internal sealed class AttnBlock : Module<Tensor, Tensor>
     readonly Conv2d v;
     readonly Conv2d proj_out;
 
-    public AttnBlock(long channels, AutoEncoderConfig c) : base(nameof(AttnBlock))
+    public AttnBlock(long channels, AutoEncoderConfig c, Device? device = null) : base(nameof(AttnBlock))
     {
-        norm = GroupNorm(c.GroupNormGroups, channels, c.GroupNormEps, affine: true);
-        q = Conv2d(channels, channels, kernel_size: 1);
-        k = Conv2d(channels, channels, kernel_size: 1);
-        v = Conv2d(channels, channels, kernel_size: 1);
-        proj_out = Conv2d(channels, channels, kernel_size: 1);
+        norm = GroupNorm(c.GroupNormGroups, channels, c.GroupNormEps, affine: true, device: device);
+        q = Conv2d(channels, channels, kernel_size: 1, device: device);
+        k = Conv2d(channels, channels, kernel_size: 1, device: device);
+        v = Conv2d(channels, channels, kernel_size: 1, device: device);
+        proj_out = Conv2d(channels, channels, kernel_size: 1, device: device);
         RegisterComponents();
     }
 
@@ -78,9 +78,9 @@ internal sealed class Downsample : Module<Tensor, Tensor>
 {
     readonly Conv2d conv;
 
-    public Downsample(long channels) : base(nameof(Downsample))
+    public Downsample(long channels, Device? device = null) : base(nameof(Downsample))
     {
-        conv = Conv2d(channels, channels, kernel_size: 3, stride: 2, padding: 0L);
+        conv = Conv2d(channels, channels, kernel_size: 3, stride: 2, padding: 0L, device: device);
         RegisterComponents();
     }
 
@@ -96,9 +96,9 @@ internal sealed class Upsample : Module<Tensor, Tensor>
 {
     readonly Conv2d conv;
 
-    public Upsample(long channels) : base(nameof(Upsample))
+    public Upsample(long channels, Device? device = null) : base(nameof(Upsample))
     {
-        conv = Conv2d(channels, channels, kernel_size: 3, stride: 1, padding: 1);
+        conv = Conv2d(channels, channels, kernel_size: 3, stride: 1, padding: 1, device: device);
         RegisterComponents();
     }
 
@@ -116,11 +116,11 @@ internal sealed class MidBlock : Module<Tensor, Tensor>
     readonly AttnBlock attn_1;
     readonly ResnetBlock block_2;
 
-    public MidBlock(long channels, AutoEncoderConfig c) : base("mid")
+    public MidBlock(long channels, AutoEncoderConfig c, Device? device = null) : base("mid")
     {
-        block_1 = new ResnetBlock(channels, channels, c);
-        attn_1 = new AttnBlock(channels, c);
-        block_2 = new ResnetBlock(channels, channels, c);
+        block_1 = new ResnetBlock(channels, channels, c, device: device);
+        attn_1 = new AttnBlock(channels, c, device: device);
+        block_2 = new ResnetBlock(channels, channels, c, device: device);
         RegisterComponents();
     }
 

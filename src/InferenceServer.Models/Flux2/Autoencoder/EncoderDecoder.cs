@@ -22,22 +22,22 @@ public sealed class Encoder : Module<Tensor, Tensor>
     readonly Conv2d conv_out;
 
     /// <summary>Builds the encoder of <paramref name="c"/> (random weights until loaded).</summary>
-    public Encoder(AutoEncoderConfig c) : base(nameof(Encoder))
+    public Encoder(AutoEncoderConfig c, Device? device = null) : base(nameof(Encoder))
     {
-        if (c.UseQuantConv) quant_conv = Conv2d(2 * c.ZChannels, 2 * c.ZChannels, kernel_size: 1);
-        conv_in = Conv2d(c.InChannels, c.Ch, kernel_size: 3, stride: 1, padding: 1);
+        if (c.UseQuantConv) quant_conv = Conv2d(2 * c.ZChannels, 2 * c.ZChannels, kernel_size: 1, device: device);
+        conv_in = Conv2d(c.InChannels, c.Ch, kernel_size: 3, stride: 1, padding: 1, device: device);
         down = new ModuleList<Level>();
         long blockIn = c.Ch;
         for (int level = 0; level < c.NumLevels; level++)
         {
             long blockOut = (long)c.Ch * c.ChMult[level];
             var blocks = new List<ResnetBlock>();
-            for (int j = 0; j < c.NumResBlocks; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut, c)); blockIn = blockOut; }
-            down.Add(new Level(blocks, level != c.NumLevels - 1 ? new Downsample(blockIn) : null, null));
+            for (int j = 0; j < c.NumResBlocks; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut, c, device: device)); blockIn = blockOut; }
+            down.Add(new Level(blocks, level != c.NumLevels - 1 ? new Downsample(blockIn, device: device) : null, null));
         }
-        mid = new MidBlock(blockIn, c);
-        norm_out = GroupNorm(c.GroupNormGroups, blockIn, c.GroupNormEps, affine: true);
-        conv_out = Conv2d(blockIn, 2 * c.ZChannels, kernel_size: 3, stride: 1, padding: 1);
+        mid = new MidBlock(blockIn, c, device: device);
+        norm_out = GroupNorm(c.GroupNormGroups, blockIn, c.GroupNormEps, affine: true, device: device);
+        conv_out = Conv2d(blockIn, 2 * c.ZChannels, kernel_size: 3, stride: 1, padding: 1, device: device);
         RegisterComponents();
     }
 
@@ -83,23 +83,23 @@ public sealed class Decoder : Module<Tensor, Tensor>
     readonly Conv2d conv_out;
 
     /// <summary>Builds the decoder of <paramref name="c"/> (random weights until loaded).</summary>
-    public Decoder(AutoEncoderConfig c) : base(nameof(Decoder))
+    public Decoder(AutoEncoderConfig c, Device? device = null) : base(nameof(Decoder))
     {
-        if (c.UsePostQuantConv) post_quant_conv = Conv2d(c.ZChannels, c.ZChannels, kernel_size: 1);
+        if (c.UsePostQuantConv) post_quant_conv = Conv2d(c.ZChannels, c.ZChannels, kernel_size: 1, device: device);
         long blockIn = (long)c.Ch * c.ChMult[^1];
-        conv_in = Conv2d(c.ZChannels, blockIn, kernel_size: 3, stride: 1, padding: 1);
-        mid = new MidBlock(blockIn, c);
+        conv_in = Conv2d(c.ZChannels, blockIn, kernel_size: 3, stride: 1, padding: 1, device: device);
+        mid = new MidBlock(blockIn, c, device: device);
         var levels = new Level[c.NumLevels];
         for (int level = c.NumLevels - 1; level >= 0; level--)
         {
             long blockOut = (long)c.Ch * c.ChMult[level];
             var blocks = new List<ResnetBlock>();
-            for (int j = 0; j < c.NumResBlocks + 1; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut, c)); blockIn = blockOut; }
-            levels[level] = new Level(blocks, null, level != 0 ? new Upsample(blockIn) : null);
+            for (int j = 0; j < c.NumResBlocks + 1; j++) { blocks.Add(new ResnetBlock(blockIn, blockOut, c, device: device)); blockIn = blockOut; }
+            levels[level] = new Level(blocks, null, level != 0 ? new Upsample(blockIn, device: device) : null);
         }
         up = new ModuleList<Level>(levels);
-        norm_out = GroupNorm(c.GroupNormGroups, blockIn, c.GroupNormEps, affine: true);
-        conv_out = Conv2d(blockIn, c.OutCh, kernel_size: 3, stride: 1, padding: 1);
+        norm_out = GroupNorm(c.GroupNormGroups, blockIn, c.GroupNormEps, affine: true, device: device);
+        conv_out = Conv2d(blockIn, c.OutCh, kernel_size: 3, stride: 1, padding: 1, device: device);
         RegisterComponents();
     }
 

@@ -22,13 +22,13 @@ public sealed class Flux2Autoencoder : Module, ITileDecoder
     public AutoEncoderConfig Config { get; }
 
     /// <summary>Builds the model with random weights (load a checkpoint with <see cref="LoadWeights"/>); inference only.</summary>
-    public Flux2Autoencoder(AutoEncoderConfig config) : base(nameof(Flux2Autoencoder))
+    public Flux2Autoencoder(AutoEncoderConfig config, Device? device = null) : base(nameof(Flux2Autoencoder))
     {
         config.Validate();
         Config = config;
-        encoder = new Encoder(config);
-        decoder = new Decoder(config);
-        bn = new LatentBatchNorm(config.TokenChannels);
+        encoder = new Encoder(config, device: device);
+        decoder = new Decoder(config, device: device);
+        bn = new LatentBatchNorm(config.TokenChannels, device: device);
         RegisterComponents();
         foreach (var p in parameters()) p.requires_grad = false;
         eval();
@@ -171,11 +171,11 @@ internal sealed class LatentBatchNorm : Module
     internal readonly Tensor running_var;
     internal readonly Tensor num_batches_tracked;
 
-    public LatentBatchNorm(long channels) : base("bn")
+    public LatentBatchNorm(long channels, Device? device = null) : base("bn")
     {
-        running_mean = zeros(channels);
-        running_var = ones(channels);
-        num_batches_tracked = zeros([], ScalarType.Int64);
+        running_mean = zeros(channels, device: device);
+        running_var = ones(channels, device: device);
+        num_batches_tracked = zeros([], ScalarType.Int64, device: device);
         RegisterComponents();
     }
 }

@@ -32,13 +32,13 @@ public sealed class ZImageAutoencoder : Module, ITileDecoder
     AutoEncoderConfig ITileDecoder.Config => Blocks;
 
     /// <summary>Builds the model with random weights (load them with <see cref="LoadWeights"/>); inference only, float32.</summary>
-    public ZImageAutoencoder(ZImageVaeConfig config) : base(nameof(ZImageAutoencoder))
+    public ZImageAutoencoder(ZImageVaeConfig config, Device? device = null) : base(nameof(ZImageAutoencoder))
     {
         Config = config;
         Blocks = config.ToBlocks();
         Blocks.Validate();
-        encoder = new Encoder(Blocks);
-        decoder = new Decoder(Blocks);
+        encoder = new Encoder(Blocks, device: device);
+        decoder = new Decoder(Blocks, device: device);
         RegisterComponents();
         foreach (var p in parameters()) p.requires_grad = false;
         eval();
@@ -54,7 +54,8 @@ public sealed class ZImageAutoencoder : Module, ITileDecoder
         string configPath = Path.Combine(path, "config.json");
         using var source = Checkpoint.Open(path);
         var config = Directory.Exists(path) && File.Exists(configPath) ? ZImageVaeConfig.Load(configPath) : ZImageVaeConfig.FromTensors(source.Entries);
-        var ae = new ZImageAutoencoder(config);
+        // Built on meta and given uninitialised storage: the strict load below fills every tensor (no random init to overwrite).
+        var ae = Weights.MetaModules.Materialize(new ZImageAutoencoder(config, Weights.MetaModules.Meta), CPU);
         try { ae.LoadWeights(source); }
         catch { ae.Dispose(); throw; }
         return ae;
