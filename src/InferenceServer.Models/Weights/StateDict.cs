@@ -103,6 +103,7 @@ public static class StateDict
                 && p.Entry.DType.ToScalarType() == p.Target.dtype && source.TryMap(p.Entry.Name, out var mapped))
             {
                 using (mapped) p.Target.set_(mapped); // zero-copy: the parameter's storage is now the file's pages (its own empty storage is freed)
+                MappedPages.Populate(p.Target);        // the pages in one call, before the check touches them
                 isMapped = true;
             }
             else source.ReadInto(p.Entry.Name, p.Target);

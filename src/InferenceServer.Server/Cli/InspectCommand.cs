@@ -30,10 +30,11 @@ internal static class InspectCommand
         var device = new Option<string>("--device") { Description = "With --timing: auto, cpu, cuda or cuda:N", DefaultValueFactory = _ => "auto" };
         var mmap = new Option<string>("--mmap") { Description = "With --timing: CPU weights as memory maps of the files: auto (files on a read-only filesystem), on, off", DefaultValueFactory = _ => "auto" };
         mmap.AcceptOnlyFromAmong(WeightMappings.Names);
+        var threads = new Option<int?>("--read-threads") { Description = $"With --timing: threads reading tensors at once (default {StateDict.ReadThreads}: the cores, 2 to 8)" };
         var command = new Command("inspect", "List the tensors of safetensors checkpoints: name, dtype, shape, size, parameter counts; or time a model folder's load (--timing)")
-            { path, json, timing, dtype, device, mmap };
+            { path, json, timing, dtype, device, mmap, threads };
         command.SetAction(r => r.GetValue(timing)
-            ? LoadTimingReport.Run(r.GetValue(path)!, r.GetValue(dtype)!, r.GetValue(device)!, WeightMappings.Parse(r.GetValue(mmap)!), r.GetValue(json), r.InvocationConfiguration.Output)
+            ? LoadTimingReport.Run(r.GetValue(threads) is { } n ? n : StateDict.ReadThreads, r.GetValue(path)!, r.GetValue(dtype)!, r.GetValue(device)!, WeightMappings.Parse(r.GetValue(mmap)!), r.GetValue(json), r.InvocationConfiguration.Output)
             : Run(r.GetValue(path)!, r.GetValue(json), r.InvocationConfiguration.Output, r.InvocationConfiguration.Error));
         return command;
     }

@@ -17,8 +17,10 @@ namespace InferenceServer.Server.Cli;
 /// </summary>
 internal static class LoadTimingReport
 {
-    public static int Run(string dir, string weights, string deviceName, WeightMapping mapping, bool json, TextWriter output)
+    public static int Run(int readThreads, string dir, string weights, string deviceName, WeightMapping mapping, bool json, TextWriter output)
     {
+        if (readThreads is < 1 or > 64) throw new ArgumentException($"--read-threads {readThreads}: 1 to 64");
+        StateDict.ReadThreads = readThreads;
         if (!Directory.Exists(dir)) throw new ArgumentException($"--timing: {dir} is not a model folder");
         var device = ComputeDevice.Resolve(deviceName);
         var (dtype, quantization) = WeightsChoice.Parse(weights);
