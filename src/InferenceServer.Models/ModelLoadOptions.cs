@@ -17,6 +17,13 @@ public sealed record ModelLoadOptions(ScalarType DType = ScalarType.BFloat16, We
     /// <summary>Whether CPU weights may be memory maps of the files (default: only files on a read-only filesystem; see <see cref="Weights.WeightMapping"/>).</summary>
     public Weights.WeightMapping Mapping { get; init; } = Weights.WeightMapping.Auto;
 
+    /// <summary>
+    /// How a folder's checkpoints (<paramref name="checkpoints"/>: files or folders) are read: <see cref="Mapping"/>, and
+    /// copied pages dropped from the page cache when the machine cannot keep these files cached beside the loaded model.
+    /// </summary>
+    public Weights.ReadOptions ReadOptionsFor(params string[] checkpoints) =>
+        new(Mapping, DropCopiedPages: !Weights.PageCache.CanKeep(checkpoints.Sum(Weights.Checkpoint.FileBytes)));
+
     /// <summary>When set, receives each component's timings and memory, and the load's progress as tensors are read.</summary>
     public Weights.LoadMeter? Meter { get; init; }
 }

@@ -130,6 +130,7 @@ public static class Flux2ModelFolder
         Flux2Autoencoder? vae = null;
         IDisposable? encoderLease = null;
         var meter = options.Meter;
+        var read = options.ReadOptionsFor(tPath, vaePath, tePath);
         try
         {
             LoadReport r;
@@ -139,7 +140,7 @@ public static class Flux2ModelFolder
                 var t = transformer = LoadMeter.Build(scope, () => new Flux2Transformer(card.Transformer, device: MetaModules.Meta, dtype: dtype));
                 r = Named(tPath, () =>
                 {
-                    using var source = Checkpoint.Open(tPath, options.Mapping);
+                    using var source = Checkpoint.Open(tPath, read);
                     return Flux2Checkpoint.Load(t, source, options.Quantization, strict: true, dtype: dtype, device: device);
                 });
             }
@@ -149,7 +150,7 @@ public static class Flux2ModelFolder
             {
                 // Built on meta and given uninitialised storage (its random init measured 0.6-1.2 s), then every tensor is loaded.
                 vae = LoadMeter.Build(scope, () => MetaModules.Materialize(new Flux2Autoencoder(VaeConfig(card), MetaModules.Meta), CPU));
-                using var src = Checkpoint.Open(vaePath);
+                using var src = Checkpoint.Open(vaePath, read);
                 // diffusers' converter drops bn.num_batches_tracked (unused at inference): the one tensor allowed to be absent.
                 r = vae.LoadWeights(src, strict: false);
                 if (r.Missing.Contains("bn.num_batches_tracked"))
@@ -161,7 +162,7 @@ public static class Flux2ModelFolder
             report.Add($"vae {Rel(dir, vaePath)}: {r.Loaded} tensors ({card.Vae}){LoadMeter.LastTiming(meter)}");
 
             var (encoder, lease, teConfig, how) = LoadMeter.Measure(meter, "text encoder", tePath,
-                () => Named(tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath, TextEncoderConfig(card), dtype, device, dir, options.Mapping)));
+                () => Named(tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath, TextEncoderConfig(card), dtype, device, dir, read)));
             encoderLease = lease;
             report.Add($"text encoder {Rel(dir, tePath)}: {teConfig} ({card.TextEncoder}), {how}{LoadMeter.LastTiming(meter)}");
 

@@ -52,11 +52,11 @@ public sealed class Qwen3TextEncoder : nn.Module<Tensor, Tensor, Tensor>
     /// Strict: every tensor the module needs must be there with its shape; layers past <see cref="Depth"/>,
     /// an unused final norm and <c>lm_head</c> are skipped, anything else unknown is an error.
     /// </summary>
-    /// <param name="mapping">Whether CPU weights may be memory maps of the files (<see cref="WeightMapping"/>).</param>
+    /// <param name="read">How the files are read (memory maps, dropped pages); default: copies.</param>
     public static Qwen3TextEncoder Load(string checkpoint, Qwen3Config config, ScalarType dtype = ScalarType.Float32, Device? device = null, bool allLayers = false,
-        WeightMapping mapping = WeightMapping.Off)
+        ReadOptions? read = null)
     {
-        using var source = Checkpoint.Open(checkpoint, mapping);
+        using var source = Checkpoint.Open(checkpoint, read);
         var encoder = new Qwen3TextEncoder(config, dtype, device, allLayers);
         try { encoder.LoadWeights(source); }
         catch { encoder.Dispose(); throw; }

@@ -29,14 +29,14 @@ public sealed class SharedTextEncoders
     /// </summary>
     /// <returns>The encoder, the lease, and the model it was first loaded for when it is reused (null when loaded now).</returns>
     public (Qwen3TextEncoder Encoder, IDisposable Lease, string? SharedWith) Acquire(string tePath, Qwen3Config config, ScalarType dtype, Device device, string user,
-        WeightMapping mapping = WeightMapping.Off)
+        ReadOptions? read = null)
     {
         string key = $"{ContentHash(tePath)}/{dtype}/{device}/{config.NumHiddenLayers}x{config.HiddenSize}";
         lock (gate)
         {
             string? sharedWith = null;
             if (entries.TryGetValue(key, out var entry)) sharedWith = entry.FirstUser;
-            else entries[key] = entry = new Entry(Qwen3TextEncoder.Load(tePath, config, dtype, device, allLayers: true, mapping), user);
+            else entries[key] = entry = new Entry(Qwen3TextEncoder.Load(tePath, config, dtype, device, allLayers: true, read), user);
             entry.Users++;
             return (entry.Encoder, new Lease(this, key), sharedWith);
         }
@@ -48,16 +48,16 @@ public sealed class SharedTextEncoders
     /// itself when not shared); <c>Report</c> says how it was obtained.
     /// </summary>
     public static (Qwen3TextEncoder Encoder, IDisposable Lease, Qwen3Config Config, string Report) Load(SharedTextEncoders? shared, string tePath,
-        Qwen3Config config, ScalarType dtype, Device device, string user, WeightMapping mapping = WeightMapping.Off)
+        Qwen3Config config, ScalarType dtype, Device device, string user, ReadOptions? read = null)
     {
         string hfConfig = Path.Combine(tePath, "config.json");
         if (File.Exists(hfConfig)) config = Qwen3Config.FromHfConfig(hfConfig, config);
         if (shared is null)
         {
-            var alone = Qwen3TextEncoder.Load(tePath, config, dtype, device, mapping: mapping);
+            var alone = Qwen3TextEncoder.Load(tePath, config, dtype, device, read: read);
             return (alone, alone, config, $"{alone.Depth} layers built");
         }
-        var (encoder, lease, with) = shared.Acquire(tePath, config, dtype, device, user, mapping);
+        var (encoder, lease, with) = shared.Acquire(tePath, config, dtype, device, user, read);
         return (encoder, lease, config, with is null ? $"{encoder.Depth} layers built (shareable)" : $"the same weights as {with}: shared, not loaded again");
     }
 

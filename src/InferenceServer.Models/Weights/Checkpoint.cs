@@ -10,29 +10,34 @@ public static class Checkpoint
     /// Opens <paramref name="path"/>: a <c>.safetensors</c> file; a <c>*.safetensors.index.json</c>; or a folder
     /// holding one index (used), else every <c>*.safetensors</c> file in it merged (a name in two files is an error).
     /// Throws <see cref="FileNotFoundException"/> or <see cref="InvalidDataException"/> naming the path at fault.
-    /// <paramref name="mapping"/>: whether its tensors may be memory maps of the files (<see cref="ITensorSource.TryMap"/>).
+    /// <paramref name="read"/>: whether its tensors may be memory maps of the files, and what happens to copied pages (default: copies).
     /// </summary>
-    public static ITensorSource Open(string path, WeightMapping mapping = WeightMapping.Off)
+    public static ITensorSource Open(string path, ReadOptions? read = null)
     {
         path = Path.GetFullPath(path);
         if (File.Exists(path))
             return path.EndsWith(IndexSuffix, StringComparison.Ordinal) || path.EndsWith(".index.json", StringComparison.Ordinal)
-                ? ShardedSafetensors.Open(path, mapping)
-                : SafetensorsFile.Open(path, mapping);
+                ? ShardedSafetensors.Open(path, read)
+                : SafetensorsFile.Open(path, read);
         if (!Directory.Exists(path)) throw new FileNotFoundException($"{path}: no such file or folder", path);
 
         var indexes = Directory.GetFiles(path, "*" + IndexSuffix).Order(StringComparer.Ordinal).ToArray();
         if (indexes.Length > 1)
             throw new InvalidDataException($"{path}: several checkpoint indexes ({string.Join(", ", indexes.Select(Path.GetFileName))}); name one");
-        if (indexes.Length == 1) return ShardedSafetensors.Open(indexes[0], mapping);
+        if (indexes.Length == 1) return ShardedSafetensors.Open(indexes[0], read);
         var files = Directory.GetFiles(path, "*.safetensors").Order(StringComparer.Ordinal).ToArray();
         return files.Length switch
         {
             0 => throw new FileNotFoundException($"{path}: no *.safetensors file or {IndexSuffix} in this folder", path),
-            1 => SafetensorsFile.Open(files[0], mapping),
-            _ => ShardedSafetensors.Merge(path, files, mapping),
+            1 => SafetensorsFile.Open(files[0], read),
+            _ => ShardedSafetensors.Merge(path, files, read),
         };
     }
+
+    /// <summary>Bytes of the safetensors files of a checkpoint: a file's length, or every <c>*.safetensors</c> in a folder (recursively); 0 when missing.</summary>
+    public static long FileBytes(string path) =>
+        File.Exists(path) ? new FileInfo(path).Length
+        : Directory.Exists(path) ? Directory.EnumerateFiles(path, "*.safetensors", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length) : 0;
 
     /// <summary>
     /// Every checkpoint under a folder, recursively: each index file, and each <c>.safetensors</c> file no index

@@ -26,6 +26,7 @@ public sealed class SafetensorsFile : ITensorSource
 
     /// <summary>True when tensors may be views of a memory map of this file (<see cref="TryMap"/>; see <see cref="WeightMapping"/>).</summary>
     public bool Mappable { get; }
+    readonly bool dropsCopiedPages; // see ReadOptions.DropCopiedPages
 
     /// <summary>Full path of the file.</summary>
     public string Path { get; }
@@ -34,9 +35,10 @@ public sealed class SafetensorsFile : ITensorSource
     public IReadOnlyDictionary<string, string> Metadata { get; }
     public long FileLength { get; }
 
-    SafetensorsFile(string path, long length, List<TensorEntry> entries, Dictionary<string, string> metadata, bool mappable)
+    SafetensorsFile(string path, long length, List<TensorEntry> entries, Dictionary<string, string> metadata, bool mappable, bool dropCopiedPages)
     {
         Mappable = mappable;
+        dropsCopiedPages = dropCopiedPages;
         Path = path;
         FileLength = length;
         Entries = entries;
@@ -45,13 +47,14 @@ public sealed class SafetensorsFile : ITensorSource
     }
 
     /// <summary>Opens and validates a file; throws <see cref="InvalidDataException"/> naming the file (and tensor) on any defect.</summary>
-    /// <param name="mapping">Whether <see cref="TryMap"/> may map this file (default: never, every load is a copy).</param>
-    public static SafetensorsFile Open(string path, WeightMapping mapping = WeightMapping.Off)
+    /// <param name="read">Whether <see cref="TryMap"/> may map this file, and whether copied pages are dropped from the page cache (default: copies, pages kept).</param>
+    public static SafetensorsFile Open(string path, ReadOptions? read = null)
     {
         path = System.IO.Path.GetFullPath(path);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no such safetensors file", path);
         var (length, entries, metadata) = ReadHeader(path);
-        return new SafetensorsFile(path, length, entries, metadata, mapping.Allows(path));
+        read ??= ReadOptions.Default;
+        return new SafetensorsFile(path, length, entries, metadata, read.Mapping.Allows(path), read.DropCopiedPages);
     }
 
     public bool TryGetEntry(string name, out TensorEntry entry) => byName.TryGetValue(name, out entry!);
@@ -275,6 +278,8 @@ public sealed class SafetensorsFile : ITensorSource
             disposed = true;
             foreach (var m in maps.Values) m.Dispose(); // views handed out keep the mapping alive
             maps.Clear();
+            // The whole file at once, when the load is done with it (per tensor, the calls slowed the concurrent reads).
+            if (dropsCopiedPages && handle is not null && !Mappable) PageCache.Drop(handle, 0, 0);
             handle?.Dispose();
         }
     }

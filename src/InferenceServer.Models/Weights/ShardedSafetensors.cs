@@ -32,7 +32,7 @@ public sealed class ShardedSafetensors : ITensorSource
     }
 
     /// <summary>Opens an index; throws <see cref="FileNotFoundException"/> or <see cref="InvalidDataException"/> naming the file and tensor at fault.</summary>
-    public static ShardedSafetensors Open(string indexPath, WeightMapping mapping = WeightMapping.Off)
+    public static ShardedSafetensors Open(string indexPath, ReadOptions? read = null)
     {
         indexPath = System.IO.Path.GetFullPath(indexPath);
         if (!File.Exists(indexPath)) throw new FileNotFoundException($"{indexPath}: no such index file", indexPath);
@@ -69,7 +69,7 @@ public sealed class ShardedSafetensors : ITensorSource
                 {
                     string full = System.IO.Path.GetFullPath(System.IO.Path.Combine(dir, file));
                     if (!File.Exists(full)) throw new FileNotFoundException($"{indexPath}: tensor '{tensor}' is mapped to {full}, which does not exist", full);
-                    files[file] = f = SafetensorsFile.Open(full, mapping);
+                    files[file] = f = SafetensorsFile.Open(full, read);
                     ordered.Add(f);
                 }
                 if (!f.TryGetEntry(tensor, out var entry))
@@ -89,7 +89,7 @@ public sealed class ShardedSafetensors : ITensorSource
     /// Merges several safetensors files into one source (a folder of files without an index). A tensor name found
     /// in two files is an <see cref="InvalidDataException"/> naming both.
     /// </summary>
-    public static ShardedSafetensors Merge(string description, IEnumerable<string> paths, WeightMapping mapping = WeightMapping.Off)
+    public static ShardedSafetensors Merge(string description, IEnumerable<string> paths, ReadOptions? read = null)
     {
         var files = new List<SafetensorsFile>();
         var map = new Dictionary<string, (TensorEntry, SafetensorsFile)>(StringComparer.Ordinal);
@@ -97,7 +97,7 @@ public sealed class ShardedSafetensors : ITensorSource
         {
             foreach (var p in paths)
             {
-                var f = SafetensorsFile.Open(p, mapping);
+                var f = SafetensorsFile.Open(p, read);
                 files.Add(f);
                 foreach (var e in f.Entries)
                     if (!map.TryAdd(e.Name, (e, f)))

@@ -67,11 +67,12 @@ public static class ZImageModelFolder
         ZImageAutoencoder? vae = null;
         IDisposable? encoderLease = null;
         var meter = options.Meter;
+        var read = options.ReadOptionsFor(tPath, vaePath, tePath);
         try
         {
             string transformerLine;
             using (var scope = meter?.Begin("transformer", tPath))
-            using (var source = Checkpoint.Open(tPath, options.Mapping))
+            using (var source = Checkpoint.Open(tPath, read))
             {
                 string config = Path.Combine(tPath, "config.json");
                 var tc = File.Exists(config) ? ZImageConfig.FromDiffusersConfig(config)
@@ -94,7 +95,7 @@ public static class ZImageModelFolder
             report.Add($"vae {Path.GetRelativePath(dir, vaePath)}: FLUX.1 AE, latent {vae.Config.LatentChannels} channels, float32{LoadMeter.LastTiming(meter)}");
 
             var (encoder, lease, teConfig, how) = LoadMeter.Measure(meter, "text encoder", tePath, () => SharedTextEncoders.Load(options.SharedTextEncoders, tePath,
-                PromptFormat.ZImage.Configure(ModelCards.TextEncoder(card.TextEncoder)), dtype, device, dir, options.Mapping));
+                PromptFormat.ZImage.Configure(ModelCards.TextEncoder(card.TextEncoder)), dtype, device, dir, read));
             encoderLease = lease;
             report.Add($"text encoder {Path.GetRelativePath(dir, tePath)}: {teConfig} (hidden_states[-2]), {how}{LoadMeter.LastTiming(meter)}");
 

@@ -24,7 +24,9 @@ internal static class LoadTimingReport
         if (!Directory.Exists(dir)) throw new ArgumentException($"--timing: {dir} is not a model folder");
         var device = ComputeDevice.Resolve(deviceName);
         var (dtype, quantization) = WeightsChoice.Parse(weights);
-        long checkpointBytes = Checkpoint.Discover(dir).Sum(FileBytes);
+        long checkpointBytes = Checkpoint.FileBytes(dir);
+        long available = PageCache.AvailableBytes;
+        bool keepsPages = PageCache.CanKeep(checkpointBytes); // what the loader decides (ModelLoadOptions.ReadOptionsFor)
         var total = Stopwatch.StartNew();
         var (backend, meter) = LoadProgressBar.Run(m => ModelFamilies.Load(dir, new ModelLoadOptions(dtype, quantization) { Device = device, Meter = m, Mapping = mapping }));
         var loaded = total.Elapsed;
@@ -42,6 +44,7 @@ internal static class LoadTimingReport
             ["mmap"] = mapping.ToString().ToLowerInvariant(),
             ["bytes_mapped"] = components.Sum(c => c.MappedBytes),
             ["read_threads"] = StateDict.ReadThreads,
+            ["drops_copied_pages"] = !keepsPages,
             ["checkpoint_bytes"] = checkpointBytes,
             ["bytes_read"] = components.Sum(c => c.Bytes),
             ["components"] = new JsonArray([.. components.Select(c => (JsonNode)new JsonObject
@@ -78,20 +81,10 @@ internal static class LoadTimingReport
                 (c.BytesPerSecond / 1e9).ToString("F2", CultureInfo.InvariantCulture), GB(c.RssBytes), GB(c.PeakRssBytes));
         console.Write(table);
         console.WriteLine("* summed over the reading threads");
+        if (!keepsPages) console.WriteLine($"copied pages dropped from the page cache: {GB(available)} available at the start cannot keep {GB(checkpointBytes)} of files beside the model");
         console.WriteLine($"read {GB(components.Sum(c => c.Bytes))} of the folder's {GB(checkpointBytes)} of checkpoints");
         console.WriteLine($"load {S(loaded)} s (components {S(TimeSpan.FromTicks(components.Sum(c => c.Total.Ticks)))} s), warm-up {S(warmUp)} s (smallest size, 1 step): ready after {S(ready)} s; peak RSS {GB(ProcessMemory.Peak)}");
         return 0;
-    }
-
-    static long FileBytes(string checkpoint)
-    {
-        using var source = Checkpoint.Open(checkpoint);
-        return source switch
-        {
-            ShardedSafetensors s => s.Files.Sum(f => f.FileLength),
-            SafetensorsFile f => f.FileLength,
-            _ => 0,
-        };
     }
 
     static double Round(double seconds) => Math.Round(seconds, 3);

@@ -83,12 +83,24 @@ public class FastLoadTests
     public void Auto_maps_nothing_on_a_writable_filesystem()
     {
         Assert.False(WeightMappings.IsOnReadOnlyFilesystem(folder.Value));
-        using var f = SafetensorsFile.Open(TransformerFile, WeightMapping.Auto);
+        using var f = SafetensorsFile.Open(TransformerFile, new ReadOptions(WeightMapping.Auto));
         Assert.False(f.Mappable);
         Assert.False(f.TryMap(f.Entries[0].Name, out _));
-        using var on = SafetensorsFile.Open(TransformerFile, WeightMapping.On);
+        using var on = SafetensorsFile.Open(TransformerFile, new ReadOptions(WeightMapping.On));
         Assert.True(on.TryMap(on.Entries[0].Name, out var view));
         using (view) Assert.Equal(on.Entries[0].Shape, view.shape);
+    }
+
+    [Fact]
+    public void A_file_whose_pages_are_dropped_after_the_load_loads_the_same_and_stays_readable()
+    {
+        var expected = Expected(ScalarType.BFloat16);
+        using var module = new ParameterBag(expected.Select(e => (e.Key, e.Value.shape)), ScalarType.BFloat16);
+        using (var f = SafetensorsFile.Open(TransformerFile, new ReadOptions(DropCopiedPages: true))) StateDict.Load(module, f);
+        foreach (var (name, t) in module.state_dict()) Assert.True(expected[name].equal(t).all().item<bool>(), name);
+        using var again = SafetensorsFile.Open(TransformerFile);   // dropped from the cache, not from the disk
+        using var first = again.Load(again.Entries[0].Name, ScalarType.BFloat16);
+        Assert.True(expected[again.Entries[0].Name].equal(first).all().item<bool>());
     }
 
     [Fact]
@@ -160,9 +172,9 @@ public class FastLoadTests
     /// <summary>A module with one parameter per name (no layers), for StateDict tests.</summary>
     sealed class ParameterBag : TorchSharp.torch.nn.Module
     {
-        public ParameterBag(IEnumerable<(string Name, long[] Shape)> shapes) : base(nameof(ParameterBag))
+        public ParameterBag(IEnumerable<(string Name, long[] Shape)> shapes, ScalarType dtype = ScalarType.Float32) : base(nameof(ParameterBag))
         {
-            foreach (var (name, shape) in shapes) register_parameter(name, new TorchSharp.Modules.Parameter(zeros(shape), requires_grad: false));
+            foreach (var (name, shape) in shapes) register_parameter(name, new TorchSharp.Modules.Parameter(zeros(shape, dtype), requires_grad: false));
         }
     }
 }
