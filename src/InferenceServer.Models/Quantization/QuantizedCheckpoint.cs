@@ -165,6 +165,26 @@ public sealed class QuantizedCheckpoint : ITensorSource
 
     public Tensor LoadRaw(string name) => inner.LoadRaw(sourceName.TryGetValue(name, out var s) ? s : name);
 
+    /// <summary>
+    /// An already-8-bit checkpoint's tensors straight into the destination (int8 weights, scales and the rest as stored);
+    /// FP8 codes (read raw) and tensors quantized here go through <see cref="Load"/>.
+    /// </summary>
+    public void ReadInto(string name, Tensor destination)
+    {
+        if (!byName.TryGetValue(name, out var e)) throw new KeyNotFoundException($"no tensor named '{name}'");
+        bool raw = name.EndsWith(".weight", StringComparison.Ordinal) && layers.TryGetValue(name[..^".weight".Length], out var layer) && layer.Format != QuantizedFormat.Int8;
+        if (IsPrequantized && !raw)
+        {
+            inner.ReadInto(sourceName[name], destination);
+            return;
+        }
+        using var t = Load(name, destination.is_floating_point() ? destination.dtype : null);
+        using (no_grad()) destination.copy_(t);
+    }
+
+    /// <summary>Concurrent when nothing is quantized here (quantizing keeps a weight's scale between two calls).</summary>
+    public bool ConcurrentReads => IsPrequantized && inner.ConcurrentReads;
+
     public void Dispose()
     {
         cachedScale?.Scale.Dispose();
