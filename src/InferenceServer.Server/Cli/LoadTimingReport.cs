@@ -81,7 +81,7 @@ internal static class LoadTimingReport
                 (c.BytesPerSecond / 1e9).ToString("F2", CultureInfo.InvariantCulture), GB(c.RssBytes), GB(c.PeakRssBytes));
         console.Write(table);
         console.WriteLine("* summed over the reading threads");
-        if (!keepsPages) console.WriteLine($"copied pages dropped from the page cache: {GB(available)} available at the start, less than the {GB(2 * checkpointBytes)} a copied model and its cached files need");
+        if (!keepsPages && components.Any(c => c.Bytes > c.MappedBytes)) console.WriteLine($"copied pages dropped from the page cache: {GB(available)} available at the start, less than the {GB(2 * checkpointBytes)} a copied model and its cached files need");
         console.WriteLine($"read {GB(components.Sum(c => c.Bytes))} of the folder's {GB(checkpointBytes)} of checkpoints");
         console.WriteLine($"load {S(loaded)} s (components {S(TimeSpan.FromTicks(components.Sum(c => c.Total.Ticks)))} s), warm-up {S(warmUp)} s (smallest size, 1 step): ready after {S(ready)} s; peak RSS {GB(ProcessMemory.Peak)}");
         return 0;
