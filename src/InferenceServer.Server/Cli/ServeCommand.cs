@@ -1,3 +1,4 @@
+using InferenceServer.Models.Weights;
 using InferenceServer.Server.Engine;
 using Microsoft.Extensions.DependencyInjection;
 using System.CommandLine;
@@ -22,6 +23,7 @@ internal static class ServeCommand
         var bind = new Option<string?>("--bind") { Description = "Address to listen on (default 0.0.0.0)" };
         var dtype = new Option<string?>("--dtype") { Description = "Weights: bf16 (default), fp32, fp8 or int8 (8-bit transformer weights, bf16 compute)" };
         var mmap = new Option<string?>("--mmap") { Description = "CPU weights as memory maps of the files: auto (default: files on a read-only filesystem), on (never modify the files in place while serving), off" };
+        mmap.AcceptOnlyFromAmong(WeightMappings.Names);
         var apiKey = new Option<string[]>("--api-key") { Description = "Accepted API key (repeat for several); none: no auth" };
         var maxQueue = new Option<int?>("--max-queue") { Description = "Requests waiting before 429 / RESOURCE_EXHAUSTED (default 64)" };
         var maxBatch = new Option<int?>("--max-batch") { Description = "Images per engine batch (default 4)" };
