@@ -65,23 +65,39 @@ public static partial class FaultsRun
         var reference = Directory.GetFiles(model, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(model, f), f => new FileInfo(f).Length);
         long total = reference.Values.Sum();
         string dir = Path.Combine(outFolder, $"killed-checkpoint-{at:0.00}");
-        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-        long Written() => Directory.Exists(dir) ? Directory.GetFiles(dir, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length) : 0;
+        long Written() => Directory.Exists(dir) ? Directory.GetFiles(dir, "*", SearchOption.AllDirectories).Sum(Length) : 0;
+        // A temporary file listed a moment ago may have been renamed since: it counts under its final name next time.
+        static long Length(string f)
+        {
+            try { return new FileInfo(f).Length; }
+            catch (FileNotFoundException) { return 0; }
+        }
 
-        var psi = ServerProcess.Dotnet(h.ServerDll, ["random-checkpoint", "--preset", "tiny", "--dtype", "fp32", "--seed", "5", "--out", dir]);
-        using var p = Process.Start(psi)!;
-        p.OutputDataReceived += (_, _) => { };
-        p.ErrorDataReceived += (_, _) => { };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        var sw = Stopwatch.StartNew();
+        // The last fifth of the bytes (the tokenizer's files, copied) is written in a few milliseconds: the writer can finish
+        // between two looks at the folder. Each attempt is a fresh write; only an attempt that was killed mid-write counts.
+        const int Attempts = 5;
         long seen = 0;
-        while (!p.HasExited && (seen = Written()) < total * at && sw.Elapsed < TimeSpan.FromMinutes(3))
-            await Task.Delay(5, ct).ConfigureAwait(false);   // a poll of the folder's size, as fine as the writes allow
-        bool killed = !p.HasExited;
-        if (killed) p.Kill();
-        await p.WaitForExitAsync(ct).ConfigureAwait(false);
-        if (!killed) return (null, $"skipped: random-checkpoint finished (exit {p.ExitCode}) before {at:P0} of {total:N0} bytes was seen");
+        bool killed = false;
+        int exit = 0;
+        for (int attempt = 0; attempt < Attempts && !killed; attempt++)
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+            var psi = ServerProcess.Dotnet(h.ServerDll, ["random-checkpoint", "--preset", "tiny", "--dtype", "fp32", "--seed", "5", "--out", dir]);
+            using var p = Process.Start(psi)!;
+            p.OutputDataReceived += (_, _) => { };
+            p.ErrorDataReceived += (_, _) => { };
+            p.BeginOutputReadLine();
+            p.BeginErrorReadLine();
+            var sw = Stopwatch.StartNew();
+            // Looked at without pause (a folder listing is ~0.1 ms) once past the first 5 %, so a fast phase is still caught.
+            while (!p.HasExited && (seen = Written()) < total * at && sw.Elapsed < TimeSpan.FromMinutes(3))
+                if (seen < total * 0.05) await Task.Delay(5, ct).ConfigureAwait(false);
+            killed = !p.HasExited;
+            if (killed) p.Kill();
+            await p.WaitForExitAsync(ct).ConfigureAwait(false);
+            exit = p.ExitCode;
+        }
+        if (!killed) return (null, $"skipped: in {Attempts} attempts random-checkpoint finished (exit {exit}) before {at:P0} of {total:N0} bytes was seen");
 
         var partial = new List<string>();
         var others = new List<string>();
