@@ -187,8 +187,7 @@ public static class Flux2Diffusers
             var parts = Parts(name, e.Shape[0]);
             if (!parts.All(p => p.DiffusersStart == 0 && inner.TryGetEntry(p.Name, out var d) && d.Shape[0] == p.Count))
             {
-                using var t = Load(name, destination.dtype);
-                using (no_grad()) destination.copy_(t);
+                ITensorSource.LoadAndCopy(this, name, destination);
                 return;
             }
             foreach (var p in parts)

@@ -178,8 +178,7 @@ public sealed class QuantizedCheckpoint : ITensorSource
             inner.ReadInto(sourceName[name], destination);
             return;
         }
-        using var t = Load(name, destination.is_floating_point() ? destination.dtype : null);
-        using (no_grad()) destination.copy_(t);
+        ITensorSource.LoadAndCopy(this, name, destination);
     }
 
     /// <summary>Concurrent when nothing is quantized here (quantizing keeps a weight's scale between two calls).</summary>

@@ -4,10 +4,10 @@ namespace InferenceServer.Models.Runtime;
 public static class ProcessMemory
 {
     /// <summary>Resident set size now (VmRSS), in bytes.</summary>
-    public static long Rss => StatusBytes("VmRSS");
+    public static long Rss => ProcKilobytes("/proc/self/status", "VmRSS") * 1024;
 
     /// <summary>The highest resident set size since start or the last <see cref="ResetPeak"/> (VmHWM), in bytes.</summary>
-    public static long Peak => StatusBytes("VmHWM");
+    public static long Peak => ProcKilobytes("/proc/self/status", "VmHWM") * 1024;
 
     /// <summary>Starts <see cref="Peak"/> again from the current RSS (writes 5 to /proc/self/clear_refs); false where that is refused.</summary>
     public static bool ResetPeak()
@@ -20,12 +20,13 @@ public static class ProcessMemory
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
     }
 
-    static long StatusBytes(string field)
+    /// <summary>A "Field:  1234 kB" line of a /proc file (status, meminfo), in kB; 0 when the file or the field is missing.</summary>
+    internal static long ProcKilobytes(string file, string field)
     {
-        if (!File.Exists("/proc/self/status")) return 0;
-        foreach (var line in File.ReadLines("/proc/self/status"))
+        if (!File.Exists(file)) return 0;
+        foreach (var line in File.ReadLines(file))
             if (line.StartsWith(field + ":", StringComparison.Ordinal))
-                return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) * 1024; // "VmRSS:\t  1234 kB"
+                return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]);
         return 0;
     }
 }

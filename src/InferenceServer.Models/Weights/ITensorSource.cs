@@ -25,9 +25,12 @@ public interface ITensorSource : IDisposable
     /// <see cref="Load"/> does. Files override it to read the bytes straight into a CPU destination of the stored dtype,
     /// with no intermediate tensor; this default loads and copies.
     /// </summary>
-    void ReadInto(string name, Tensor destination)
+    void ReadInto(string name, Tensor destination) => LoadAndCopy(this, name, destination);
+
+    /// <summary>The plain <see cref="ReadInto"/>: <see cref="Load"/> (converted to a float destination's dtype), then a copy; for the cases a fast path does not cover.</summary>
+    static void LoadAndCopy(ITensorSource source, string name, Tensor destination)
     {
-        using var t = Load(name, destination.is_floating_point() ? destination.dtype : null);
+        using var t = source.Load(name, destination.is_floating_point() ? destination.dtype : null);
         using (no_grad()) destination.copy_(t);
     }
 

@@ -7,20 +7,11 @@ namespace InferenceServer.Models.Weights;
 public static class PageCache
 {
     /// <summary>Memory the kernel can give without swapping (MemAvailable of /proc/meminfo), in bytes; 0 when unknown.</summary>
-    public static long AvailableBytes => MemInfo("MemAvailable");
-
-    static long MemInfo(string field)
-    {
-        if (!File.Exists("/proc/meminfo")) return 0;
-        foreach (var line in File.ReadLines("/proc/meminfo"))
-            if (line.StartsWith(field + ":", StringComparison.Ordinal))
-                return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-        return 0;
-    }
+    public static long AvailableBytes => Runtime.ProcessMemory.ProcKilobytes("/proc/meminfo", "MemAvailable") * 1024;
 
     /// <summary>
     /// True when <paramref name="fileBytes"/> of checkpoint files can stay cached next to a model copied from them (about
-    /// as large): a later start then reads them from memory. False on a machine too small for both, or unknown memory: no.
+    /// as large): a later start then reads them from memory. False on a machine too small for both; true where memory is unknown.
     /// </summary>
     public static bool CanKeep(long fileBytes) => AvailableBytes is var available && (available == 0 || available >= 2 * fileBytes);
 

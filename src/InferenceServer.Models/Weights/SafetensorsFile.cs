@@ -125,8 +125,7 @@ public sealed class SafetensorsFile : ITensorSource
             }
             return;
         }
-        using var t = Load(name, destination.is_floating_point() ? destination.dtype : null);
-        using (no_grad()) destination.copy_(t);
+        ITensorSource.LoadAndCopy(this, name, destination);
     }
 
     public bool ConcurrentReads => true;

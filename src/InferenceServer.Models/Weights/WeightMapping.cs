@@ -43,7 +43,7 @@ public static class WeightMappings
     /// <summary>True when the filesystem holding <paramref name="path"/> is mounted read-only (statvfs ST_RDONLY); false where unknown.</summary>
     public static bool IsOnReadOnlyFilesystem(string path)
     {
-        if (!OperatingSystem.IsLinux() || !RuntimeInformation.OSArchitecture.Equals(Architecture.X64) && !RuntimeInformation.OSArchitecture.Equals(Architecture.Arm64)) return false;
+        if (!OperatingSystem.IsLinux() || RuntimeInformation.OSArchitecture is not (Architecture.X64 or Architecture.Arm64)) return false;
         // struct statvfs on 64-bit glibc: 11 unsigned longs (bsize, frsize, blocks, bfree, bavail, files, ffree, favail, fsid, flag, namemax) + spare.
         var buffer = new ulong[16];
         return statvfs(path, buffer) == 0 && (buffer[9] & StRdOnly) != 0;
