@@ -1,4 +1,3 @@
-using System.Security.Cryptography;
 using System.Text.Json;
 using Microsoft.Data.Sqlite;
 
@@ -108,7 +107,7 @@ public sealed class SqliteJobStore : IJobStore
                     Execute(c, tx, "UPDATE jobs SET idempotency_key = NULL WHERE id = $id", p => p("$id", existing[0].Id));
                 }
             }
-            string id = "job_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(12));
+            string id = JobRows.NewId();
             Execute(c, tx, """
                 INSERT INTO jobs (id, owner, idempotency_key, status, priority, model, batch_key, batch, labels, webhook_url, request, max_attempts, created)
                 VALUES ($id, $owner, $key, $status, $priority, $model, $batch_key, $batch, $labels, $webhook, $request, $max, $now)
@@ -284,40 +283,8 @@ public sealed class SqliteJobStore : IJobStore
         using var cmd = Command(c, tx, sql, bind);
         using var r = cmd.ExecuteReader();
         var jobs = new List<JobRecord>();
-        while (r.Read()) jobs.Add(Read(r));
+        while (r.Read()) jobs.Add(JobRows.Read(r));
         return jobs;
-    }
-
-    static JobRecord Read(SqliteDataReader r)
-    {
-        string? S(string col) => r[col] is string s ? s : null;
-        long? L(string col) => r[col] is long l ? l : null;
-        DateTimeOffset? T(string col) => L(col) is { } ms ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
-        var submission = new JobSubmission(S("owner")!, (byte[])r["request"], S("model")!, S("batch_key")!)
-        {
-            Priority = (int)L("priority")!.Value,
-            IdempotencyKey = S("idempotency_key"),
-            WebhookUrl = S("webhook_url"),
-            Labels = JsonSerializer.Deserialize<Dictionary<string, string>>(S("labels")!)!,
-            Batch = S("batch"),
-            MaxAttempts = (int)L("max_attempts")!.Value,
-        };
-        return new JobRecord(S("id")!, (JobStatus)L("status")!.Value, submission)
-        {
-            Attempts = (int)L("attempts")!.Value,
-            Replica = S("replica"),
-            LeaseUntil = T("lease_until"),
-            CancelRequested = L("cancel_requested") == 1,
-            Step = (int)L("step")!.Value,
-            Steps = (int)L("steps")!.Value,
-            Created = T("created")!.Value,
-            Started = T("started"),
-            Finished = T("finished"),
-            Error = S("error_code") is { } code ? new JobError(code, S("error_message") ?? "") : null,
-            Result = r["result"] as byte[],
-            ImageCount = (int)L("image_count")!.Value,
-            Sequence = L("seq")!.Value,
-        };
     }
 
     /// <summary>Closes this store's pooled connections (the file stays).</summary>

@@ -1,0 +1,175 @@
+using System.Text;
+using InferenceServer.Server.Jobs;
+
+namespace InferenceServer.Tests.Jobs;
+
+/// <summary>The durable queue's rules, run against each store; time is moved by the test, never waited for.</summary>
+public abstract class JobStoreContract : IDisposable
+{
+    protected sealed class ManualTime : TimeProvider
+    {
+        DateTimeOffset now = new(2026, 12, 7, 12, 0, 0, TimeSpan.Zero);
+        public override DateTimeOffset GetUtcNow() => now;
+        public void Advance(TimeSpan by) => now += by;
+    }
+
+    protected readonly ManualTime time = new();
+    IJobStore? opened;
+    IJobStore store => opened ??= Open();
+    static readonly TimeSpan Lease = TimeSpan.FromSeconds(30);
+
+    /// <summary>A store over this test's own storage; called again for a second handle (another process's view).</summary>
+    protected abstract IJobStore Open();
+    protected virtual void Cleanup() { }
+
+    public void Dispose()
+    {
+        opened?.Dispose();
+        Cleanup();
+    }
+
+    static JobSubmission Job(string prompt, string batchKey = "64x64/2", int priority = 0, string owner = "key-a") =>
+        new(owner, Encoding.UTF8.GetBytes($"{{\"prompt\":\"{prompt}\"}}"), "tiny", batchKey) { Priority = priority };
+
+    static JobResult Result(int images) => new(
+        Enumerable.Range(0, images).Select(i => new JobImage(i, "image/png", [1, 2, (byte)i], 7 + i, 64, 64)).ToList(), Encoding.UTF8.GetBytes("{\"seed\":7}"));
+
+    [Fact]
+    public void A_job_goes_queued_running_succeeded_with_its_images_and_survives_reopening()
+    {
+        var (job, created) = store.Submit(Job("a fox") with { Labels = new Dictionary<string, string> { ["shot"] = "sh010" }, Batch = "b1" });
+        Assert.True(created);
+        Assert.Equal(JobStatus.Queued, job.Status);
+        var claimed = Assert.Single(store.Claim("r1", ["tiny"], 4, Lease));
+        Assert.Equal((job.Id, JobStatus.Running, "r1", 1), (claimed.Id, claimed.Status, claimed.Replica, claimed.Attempts));
+        Assert.NotNull(store.Renew(job.Id, "r1", Lease, 1, 2));
+        Assert.True(store.Complete(job.Id, "r1", Result(2)));
+        using var reopened = Open();
+        var done = reopened.Get(job.Id)!;
+        Assert.Equal((JobStatus.Succeeded, 2, "sh010"), (done.Status, done.ImageCount, done.Submission.Labels["shot"]));
+        Assert.Equal("{\"prompt\":\"a fox\"}", Encoding.UTF8.GetString(done.Submission.Request));
+        Assert.Equal([1, 2, 1], reopened.GetImage(job.Id, 1)!.Bytes);
+        Assert.Null(reopened.GetImage(job.Id, 2));
+        Assert.Equal(1, reopened.BatchCounts("b1")[JobStatus.Succeeded]);
+    }
+
+    [Fact]
+    public void Claims_take_the_highest_priority_first_and_only_jobs_that_share_its_batch()
+    {
+        var low = store.Submit(Job("low", priority: 0)).Job;
+        var other = store.Submit(Job("other size", batchKey: "128x128/2", priority: 5)).Job;
+        var high = store.Submit(Job("high", priority: 9)).Job;
+        var first = store.Claim("r1", ["tiny"], 4, Lease);
+        Assert.Equal([high.Id, low.Id], first.Select(j => j.Id));           // high first, then the compatible low one; not the other size
+        Assert.Equal(other.Id, Assert.Single(store.Claim("r2", ["tiny"], 4, Lease)).Id);
+        Assert.Empty(store.Claim("r3", ["tiny"], 4, Lease));
+        Assert.Empty(store.Claim("r3", ["another-model"], 4, Lease));
+    }
+
+    [Fact]
+    public void An_expired_lease_returns_the_job_to_the_queue_and_the_old_replica_cannot_record_a_result()
+    {
+        var job = store.Submit(Job("x") with { MaxAttempts = 2 }).Job;
+        store.Claim("dead", ["tiny"], 1, Lease);
+        time.Advance(Lease + TimeSpan.FromSeconds(1));
+        Assert.Equal(1, store.ReclaimExpired());
+        Assert.Equal(JobStatus.Queued, store.Get(job.Id)!.Status);
+        var again = Assert.Single(store.Claim("alive", ["tiny"], 1, Lease));
+        Assert.Equal(2, again.Attempts);
+        Assert.False(store.Complete(job.Id, "dead", Result(1)));           // fenced: the lease is another replica's now
+        Assert.Null(store.Renew(job.Id, "dead", Lease, 1, 1));
+        // The second (last) attempt's replica dies too: failed, saying why.
+        time.Advance(Lease + TimeSpan.FromSeconds(1));
+        store.ReclaimExpired();
+        var failed = store.Get(job.Id)!;
+        Assert.Equal((JobStatus.Failed, "lease_expired"), (failed.Status, failed.Error!.Code));
+        Assert.Contains("2 of 2 attempts", failed.Error.Message);
+    }
+
+    [Fact]
+    public void A_retryable_failure_queues_again_until_attempts_run_out_and_a_permanent_one_fails_at_once()
+    {
+        var job = store.Submit(Job("flaky") with { MaxAttempts = 2 }).Job;
+        store.Claim("r1", ["tiny"], 1, Lease);
+        Assert.True(store.Fail(job.Id, "r1", new JobError("internal", "boom"), retryable: true));
+        Assert.Equal(JobStatus.Queued, store.Get(job.Id)!.Status);
+        store.Claim("r1", ["tiny"], 1, Lease);
+        Assert.True(store.Fail(job.Id, "r1", new JobError("internal", "boom again"), retryable: true));
+        Assert.Equal((JobStatus.Failed, "boom again"), (store.Get(job.Id)!.Status, store.Get(job.Id)!.Error!.Message));
+
+        var bad = store.Submit(Job("bad")).Job;
+        store.Claim("r1", ["tiny"], 1, Lease);
+        Assert.True(store.Fail(bad.Id, "r1", new JobError("invalid_argument", "size"), retryable: false));
+        Assert.Equal((JobStatus.Failed, 1), (store.Get(bad.Id)!.Status, store.Get(bad.Id)!.Attempts));
+    }
+
+    [Fact]
+    public void Idempotency_keys_return_the_first_job_per_owner_within_the_window()
+    {
+        var first = store.Submit(Job("a") with { IdempotencyKey = "k1" });
+        var again = store.Submit(Job("a, resent") with { IdempotencyKey = "k1" });
+        Assert.False(again.Created);
+        Assert.Equal(first.Job.Id, again.Job.Id);
+        Assert.True(store.Submit(Job("a", owner: "key-b") with { IdempotencyKey = "k1" }).Created);   // another owner's key space
+        time.Advance(SqliteJobStore.IdempotencyWindow + TimeSpan.FromMinutes(1));
+        var later = store.Submit(Job("a") with { IdempotencyKey = "k1" });
+        Assert.True(later.Created);
+        Assert.NotEqual(first.Job.Id, later.Job.Id);
+    }
+
+    [Fact]
+    public void Cancel_stops_a_queued_job_at_once_and_marks_a_running_one_for_its_replica()
+    {
+        var claimed = store.Submit(Job("older")).Job;
+        var waiting = store.Submit(Job("newer", batchKey: "other")).Job;
+        Assert.Equal(claimed.Id, Assert.Single(store.Claim("r1", ["tiny"], 1, Lease)).Id);   // equal priority: the older first
+        Assert.Equal(JobStatus.Cancelled, store.Cancel(waiting.Id)!.Status);
+        var marked = store.Cancel(claimed.Id)!;
+        Assert.Equal((JobStatus.Running, true), (marked.Status, marked.CancelRequested));
+        Assert.True(store.Renew(claimed.Id, "r1", Lease, 1, 2)!.CancelRequested);
+        Assert.True(store.Cancelled(claimed.Id, "r1"));
+        Assert.Equal(JobStatus.Cancelled, store.Get(claimed.Id)!.Status);
+        Assert.Null(store.Cancel("job_unknown"));
+    }
+
+    [Fact]
+    public void Lists_page_by_cursor_and_filter_by_status_batch_and_label_and_retention_deletes_finished_jobs()
+    {
+        var ids = Enumerable.Range(0, 5).Select(i => store.Submit(Job($"p{i}") with
+        {
+            Batch = i < 3 ? "shot" : null,
+            Labels = new Dictionary<string, string> { ["frame"] = $"{i:D4}" },
+        }).Job).ToList();
+        var page1 = store.List(new JobQuery(Limit: 2));
+        var page2 = store.List(new JobQuery(Limit: 2, After: page1[^1].Sequence));
+        Assert.Equal(ids.Take(4).Select(j => j.Id), page1.Concat(page2).Select(j => j.Id));
+        Assert.Equal(3, store.List(new JobQuery(Batch: "shot")).Count);
+        Assert.Equal(ids[3].Id, Assert.Single(store.List(new JobQuery(Label: new("frame", "0003")))).Id);
+        Assert.Equal(5, store.QueuedCount("key-a"));
+        Assert.Equal(0, store.QueuedCount("key-b"));
+
+        store.Cancel(ids[0].Id);
+        Assert.Single(store.List(new JobQuery(Status: JobStatus.Cancelled)));
+        time.Advance(TimeSpan.FromHours(25));
+        Assert.Equal(1, store.DeleteFinishedBefore(time.GetUtcNow() - TimeSpan.FromHours(24)));
+        Assert.Null(store.Get(ids[0].Id));
+        Assert.NotNull(store.Get(ids[1].Id));                               // still queued: never expired
+    }
+
+    [Fact]
+    public async Task Concurrent_claimers_on_two_handles_of_one_file_never_take_a_job_twice()
+    {
+        var ids = Enumerable.Range(0, 60).Select(i => store.Submit(Job($"j{i}")).Job.Id).ToHashSet();
+        using var second = Open();   // another process's view: only the database's locking between them
+        var taken = new System.Collections.Concurrent.ConcurrentBag<string>();
+        var claimers = Enumerable.Range(0, 4).Select(k => Task.Run(() =>
+        {
+            var s = k % 2 == 0 ? store : second;
+            while (s.Claim($"r{k}", ["tiny"], 3, Lease) is { Count: > 0 } jobs)
+                foreach (var j in jobs) taken.Add(j.Id);
+        })).ToArray();
+        await Task.WhenAll(claimers);
+        Assert.Equal(ids.Count, taken.Count);
+        Assert.True(ids.SetEquals(taken));
+    }
+}
