@@ -1,294 +1,69 @@
-using System.Text.Json;
+using System.Data.Common;
 using Microsoft.Data.Sqlite;
 
 namespace InferenceServer.Server.Jobs;
 
 /// <summary>
-/// Jobs in one SQLite file (WAL), for a server on one machine: jobs and results survive restarts. Writes are serialized
-/// (SQLite has one writer; each is a short IMMEDIATE transaction), so a claim cannot hand a job to two replicas.
-/// Times come from <see cref="TimeProvider"/> (tests move it instead of waiting). Status and times are stored as integers
-/// (enum value, Unix milliseconds).
+/// Jobs in one SQLite file (WAL), for a server on one machine: jobs and results survive restarts. SQLite has one writer:
+/// every change is a short IMMEDIATE transaction, one at a time in this process (the busy timeout covers another
+/// process on the same file), so a claim cannot hand a job to two replicas.
 /// </summary>
-public sealed class SqliteJobStore : IJobStore
+public sealed class SqliteJobStore : SqlJobStore
 {
-    /// <summary>An idempotency key returns its first job for this long after submission.</summary>
-    public static readonly TimeSpan IdempotencyWindow = TimeSpan.FromHours(24);
-
     readonly string connectionString;
-    readonly TimeProvider time;
     readonly Lock writer = new();
 
-    public SqliteJobStore(string path, TimeProvider? time = null)
+    public SqliteJobStore(string path, TimeProvider? time = null) : base(time)
     {
-        this.time = time ?? TimeProvider.System;
         var dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (dir is not null) Directory.CreateDirectory(dir);
         connectionString = new SqliteConnectionStringBuilder { DataSource = path, Mode = SqliteOpenMode.ReadWriteCreate, Pooling = true, DefaultTimeout = 30 }.ToString();
-        using var c = Open();
-        Execute(c, null, """
-            PRAGMA journal_mode = WAL;
-            CREATE TABLE IF NOT EXISTS jobs (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                id TEXT NOT NULL UNIQUE,
-                owner TEXT NOT NULL,
-                idempotency_key TEXT,
-                status INTEGER NOT NULL,
-                priority INTEGER NOT NULL,
-                model TEXT NOT NULL,
-                batch_key TEXT NOT NULL,
-                batch TEXT,
-                labels TEXT NOT NULL,
-                webhook_url TEXT,
-                request BLOB NOT NULL,
-                max_attempts INTEGER NOT NULL,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                replica TEXT,
-                lease_until INTEGER,
-                cancel_requested INTEGER NOT NULL DEFAULT 0,
-                step INTEGER NOT NULL DEFAULT 0,
-                steps INTEGER NOT NULL DEFAULT 0,
-                created INTEGER NOT NULL,
-                started INTEGER,
-                finished INTEGER,
-                error_code TEXT,
-                error_message TEXT,
-                result BLOB,
-                image_count INTEGER NOT NULL DEFAULT 0);
-            CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, seq);
-            CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
-            CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
-            CREATE TABLE IF NOT EXISTS job_images (
-                job_id TEXT NOT NULL,
-                idx INTEGER NOT NULL,
-                mime TEXT NOT NULL,
-                bytes BLOB NOT NULL,
-                seed INTEGER NOT NULL,
-                width INTEGER NOT NULL,
-                height INTEGER NOT NULL,
-                PRIMARY KEY (job_id, idx));
-            """);
+        using var c = Connect();
+        Execute(c, null, "PRAGMA journal_mode = WAL;\n" + Schema(serial: "INTEGER PRIMARY KEY AUTOINCREMENT", bigint: "INTEGER", bytes: "BLOB"));
     }
 
-    SqliteConnection Open()
+    protected override DbConnection Connect()
     {
         var c = new SqliteConnection(connectionString);
         c.Open();
         return c;
     }
 
-    long Now => time.GetUtcNow().ToUnixTimeMilliseconds();
+    protected override string JsonType => "TEXT";
 
-    /// <summary>A write transaction (BEGIN IMMEDIATE), one at a time in this process; SQLite's busy timeout covers other processes.</summary>
-    T Write<T>(Func<SqliteConnection, SqliteTransaction, T> work)
+    protected override T Write<T>(Func<DbConnection, DbTransaction, T> work)
     {
         lock (writer)
         {
-            using var c = Open();
-            using var tx = c.BeginTransaction(deferred: false);
+            using var c = (SqliteConnection)Connect();
+            using var tx = c.BeginTransaction(deferred: false);   // BEGIN IMMEDIATE: the write lock before the first read
             var result = work(c, tx);
             tx.Commit();
             return result;
         }
     }
 
-    public (JobRecord Job, bool Created) Submit(JobSubmission s)
+    protected override List<JobRecord> ClaimRows(DbConnection c, DbTransaction tx, string replica, IReadOnlyCollection<string> models, int max, long until)
     {
-        if (s.MaxAttempts < 1) throw new ArgumentOutOfRangeException(nameof(s), "max_attempts must be at least 1");
-        return Write((c, tx) =>
+        var names = models.ToList();
+        string inModels = string.Join(", ", names.Select((_, i) => $"@m{i}"));
+        var head = Query(c, tx, $"SELECT * FROM jobs WHERE status = @queued AND model IN ({inModels}) ORDER BY priority DESC, seq LIMIT 1", p =>
         {
-            long now = Now;
-            if (s.IdempotencyKey is { } key)
-            {
-                var existing = Query(c, tx, "SELECT * FROM jobs WHERE owner = $owner AND idempotency_key = $key", p => { p("$owner", s.Owner); p("$key", key); });
-                if (existing.Count == 1)
-                {
-                    if (existing[0].Created.ToUnixTimeMilliseconds() > now - (long)IdempotencyWindow.TotalMilliseconds) return (existing[0], false);
-                    // Past the window: the key is free again; the old job keeps everything but the key.
-                    Execute(c, tx, "UPDATE jobs SET idempotency_key = NULL WHERE id = $id", p => p("$id", existing[0].Id));
-                }
-            }
-            string id = JobRows.NewId();
-            Execute(c, tx, """
-                INSERT INTO jobs (id, owner, idempotency_key, status, priority, model, batch_key, batch, labels, webhook_url, request, max_attempts, created)
-                VALUES ($id, $owner, $key, $status, $priority, $model, $batch_key, $batch, $labels, $webhook, $request, $max, $now)
-                """, p =>
-            {
-                p("$id", id); p("$owner", s.Owner); p("$key", s.IdempotencyKey); p("$status", (int)JobStatus.Queued); p("$priority", s.Priority);
-                p("$model", s.Model); p("$batch_key", s.BatchKey); p("$batch", s.Batch); p("$labels", JsonSerializer.Serialize(s.Labels));
-                p("$webhook", s.WebhookUrl); p("$request", s.Request); p("$max", s.MaxAttempts); p("$now", now);
-            });
-            return (Query(c, tx, "SELECT * FROM jobs WHERE id = $id", p => p("$id", id))[0], true);
-        });
-    }
-
-    public JobRecord? Get(string id)
-    {
-        using var c = Open();
-        return Query(c, null, "SELECT * FROM jobs WHERE id = $id", p => p("$id", id)).SingleOrDefault();
-    }
-
-    public IReadOnlyList<JobRecord> List(JobQuery q)
-    {
-        var where = new List<string> { "seq > $after" };
-        if (q.Status is not null) where.Add("status = $status");
-        if (q.Batch is not null) where.Add("batch = $batch");
-        if (q.Label is not null) where.Add("json_extract(labels, $label_path) = $label_value");
-        using var c = Open();
-        return Query(c, null, $"SELECT * FROM jobs WHERE {string.Join(" AND ", where)} ORDER BY seq LIMIT $limit", p =>
-        {
-            p("$after", q.After); p("$limit", Math.Max(0, q.Limit));
-            if (q.Status is { } st) p("$status", (int)st);
-            if (q.Batch is { } b) p("$batch", b);
-            if (q.Label is { } l) { p("$label_path", "$." + JsonSerializer.Serialize(l.Key)); p("$label_value", l.Value); }
-        });
-    }
-
-    public IReadOnlyDictionary<JobStatus, int> BatchCounts(string batch)
-    {
-        using var c = Open();
-        using var cmd = Command(c, null, "SELECT status, COUNT(*) FROM jobs WHERE batch = $batch GROUP BY status", p => p("$batch", batch));
-        using var r = cmd.ExecuteReader();
-        var counts = Enum.GetValues<JobStatus>().ToDictionary(s => s, _ => 0);
-        while (r.Read()) counts[(JobStatus)r.GetInt32(0)] = r.GetInt32(1);
-        return counts;
-    }
-
-    public int QueuedCount(string? owner = null)
-    {
-        using var c = Open();
-        using var cmd = Command(c, null, "SELECT COUNT(*) FROM jobs WHERE status = $q AND ($owner IS NULL OR owner = $owner)", p => { p("$q", (int)JobStatus.Queued); p("$owner", owner); });
-        return Convert.ToInt32(cmd.ExecuteScalar());
-    }
-
-    public JobRecord? Cancel(string id) => Write((c, tx) =>
-    {
-        Execute(c, tx, "UPDATE jobs SET status = $cancelled, finished = $now WHERE id = $id AND status = $queued", p =>
-            { p("$cancelled", (int)JobStatus.Cancelled); p("$now", Now); p("$id", id); p("$queued", (int)JobStatus.Queued); });
-        Execute(c, tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = $id AND status = $running", p => { p("$id", id); p("$running", (int)JobStatus.Running); });
-        return Query(c, tx, "SELECT * FROM jobs WHERE id = $id", p => p("$id", id)).SingleOrDefault();
-    });
-
-    public IReadOnlyList<JobRecord> Claim(string replica, IReadOnlyCollection<string> models, int max, TimeSpan lease)
-    {
-        if (max < 1 || models.Count == 0) return [];
-        return Write((c, tx) =>
-        {
-            var modelList = models.ToList();
-            string inModels = string.Join(", ", modelList.Select((_, i) => $"$m{i}"));
-            var first = Query(c, tx, $"SELECT * FROM jobs WHERE status = $queued AND model IN ({inModels}) ORDER BY priority DESC, seq LIMIT 1", p =>
-            {
-                p("$queued", (int)JobStatus.Queued);
-                for (int i = 0; i < modelList.Count; i++) p($"$m{i}", modelList[i]);
-            });
-            if (first.Count == 0) return (IReadOnlyList<JobRecord>)[];
-            var head = first[0];
-            long now = Now;
-            var ids = Query(c, tx, "SELECT * FROM jobs WHERE status = $queued AND model = $model AND batch_key = $key ORDER BY priority DESC, seq LIMIT $max", p =>
-                { p("$queued", (int)JobStatus.Queued); p("$model", head.Submission.Model); p("$key", head.Submission.BatchKey); p("$max", max); })
-                .Select(j => j.Id).ToList();
-            foreach (var id in ids)
-                Execute(c, tx, """
-                    UPDATE jobs SET status = $running, replica = $replica, lease_until = $until, attempts = attempts + 1,
-                        started = COALESCE(started, $now), step = 0, steps = 0 WHERE id = $id
-                    """, p => { p("$running", (int)JobStatus.Running); p("$replica", replica); p("$until", now + (long)lease.TotalMilliseconds); p("$now", now); p("$id", id); });
-            return ids.Select(id => Query(c, tx, "SELECT * FROM jobs WHERE id = $id", p => p("$id", id))[0]).ToList();
-        });
-    }
-
-    public JobRecord? Renew(string id, string replica, TimeSpan lease, int step, int steps) => Write((c, tx) =>
-    {
-        int n = Execute(c, tx, "UPDATE jobs SET lease_until = $until, step = $step, steps = $steps WHERE id = $id AND status = $running AND replica = $replica", p =>
-            { p("$until", Now + (long)lease.TotalMilliseconds); p("$step", step); p("$steps", steps); p("$id", id); p("$running", (int)JobStatus.Running); p("$replica", replica); });
-        return n == 1 ? Query(c, tx, "SELECT * FROM jobs WHERE id = $id", p => p("$id", id))[0] : null;
-    });
-
-    public bool Complete(string id, string replica, JobResult result) => Write((c, tx) =>
-    {
-        int n = Execute(c, tx, """
-            UPDATE jobs SET status = $succeeded, finished = $now, lease_until = NULL, result = $result, image_count = $count, error_code = NULL, error_message = NULL
-            WHERE id = $id AND status = $running AND replica = $replica
-            """, p =>
-        {
-            p("$succeeded", (int)JobStatus.Succeeded); p("$now", Now); p("$result", result.Document); p("$count", result.Images.Count);
-            p("$id", id); p("$running", (int)JobStatus.Running); p("$replica", replica);
-        });
-        if (n == 0) return false;
-        foreach (var img in result.Images)
-            Execute(c, tx, "INSERT INTO job_images (job_id, idx, mime, bytes, seed, width, height) VALUES ($id, $idx, $mime, $bytes, $seed, $w, $h)", p =>
-                { p("$id", id); p("$idx", img.Index); p("$mime", img.MimeType); p("$bytes", img.Bytes); p("$seed", img.Seed); p("$w", img.Width); p("$h", img.Height); });
-        return true;
-    });
-
-    public bool Fail(string id, string replica, JobError error, bool retryable) => Write((c, tx) => Execute(c, tx, """
-        UPDATE jobs SET
-            status = CASE WHEN $retryable AND attempts < max_attempts THEN $queued ELSE $failed END,
-            finished = CASE WHEN $retryable AND attempts < max_attempts THEN NULL ELSE $now END,
-            replica = CASE WHEN $retryable AND attempts < max_attempts THEN NULL ELSE replica END,
-            lease_until = NULL, error_code = $code, error_message = $message
-        WHERE id = $id AND status = $running AND replica = $replica
-        """, p =>
-    {
-        p("$retryable", retryable); p("$queued", (int)JobStatus.Queued); p("$failed", (int)JobStatus.Failed); p("$now", Now);
-        p("$code", error.Code); p("$message", error.Message); p("$id", id); p("$running", (int)JobStatus.Running); p("$replica", replica);
-    }) == 1);
-
-    public bool Cancelled(string id, string replica) => Write((c, tx) => Execute(c, tx,
-        "UPDATE jobs SET status = $cancelled, finished = $now, lease_until = NULL WHERE id = $id AND status = $running AND replica = $replica", p =>
-        { p("$cancelled", (int)JobStatus.Cancelled); p("$now", Now); p("$id", id); p("$running", (int)JobStatus.Running); p("$replica", replica); }) == 1);
-
-    public int ReclaimExpired() => Write((c, tx) => Execute(c, tx, """
-        UPDATE jobs SET
-            status = CASE WHEN cancel_requested = 1 THEN $cancelled WHEN attempts < max_attempts THEN $queued ELSE $failed END,
-            finished = CASE WHEN cancel_requested = 1 OR attempts >= max_attempts THEN $now ELSE NULL END,
-            error_code = CASE WHEN cancel_requested = 0 AND attempts >= max_attempts THEN 'lease_expired' ELSE error_code END,
-            error_message = CASE WHEN cancel_requested = 0 AND attempts >= max_attempts
-                THEN 'the replica running it stopped answering (' || attempts || ' of ' || max_attempts || ' attempts)' ELSE error_message END,
-            lease_until = NULL
-        WHERE status = $running AND lease_until < $now
-        """, p => { p("$cancelled", (int)JobStatus.Cancelled); p("$queued", (int)JobStatus.Queued); p("$failed", (int)JobStatus.Failed); p("$now", Now); p("$running", (int)JobStatus.Running); }));
-
-    public int DeleteFinishedBefore(DateTimeOffset before) => Write((c, tx) =>
-    {
-        void P(Action<string, object?> p) { p("$before", before.ToUnixTimeMilliseconds()); p("$queued", (int)JobStatus.Queued); p("$running", (int)JobStatus.Running); }
-        const string Finished = "status NOT IN ($queued, $running) AND finished < $before";
-        Execute(c, tx, $"DELETE FROM job_images WHERE job_id IN (SELECT id FROM jobs WHERE {Finished})", P);
-        return Execute(c, tx, $"DELETE FROM jobs WHERE {Finished}", P);
-    });
-
-    public JobImage? GetImage(string id, int index)
-    {
-        using var c = Open();
-        using var cmd = Command(c, null, "SELECT mime, bytes, seed, width, height FROM job_images WHERE job_id = $id AND idx = $idx", p => { p("$id", id); p("$idx", index); });
-        using var r = cmd.ExecuteReader();
-        return r.Read() ? new JobImage(index, r.GetString(0), (byte[])r[1], r.GetInt64(2), r.GetInt32(3), r.GetInt32(4)) : null;
-    }
-
-    static SqliteCommand Command(SqliteConnection c, SqliteTransaction? tx, string sql, Action<Action<string, object?>>? bind)
-    {
-        var cmd = c.CreateCommand();
-        cmd.CommandText = sql;
-        cmd.Transaction = tx;
-        bind?.Invoke((name, value) => cmd.Parameters.AddWithValue(name, value ?? DBNull.Value));
-        return cmd;
-    }
-
-    static int Execute(SqliteConnection c, SqliteTransaction? tx, string sql, Action<Action<string, object?>>? bind = null)
-    {
-        using var cmd = Command(c, tx, sql, bind);
-        return cmd.ExecuteNonQuery();
-    }
-
-    static List<JobRecord> Query(SqliteConnection c, SqliteTransaction? tx, string sql, Action<Action<string, object?>>? bind)
-    {
-        using var cmd = Command(c, tx, sql, bind);
-        using var r = cmd.ExecuteReader();
-        var jobs = new List<JobRecord>();
-        while (r.Read()) jobs.Add(JobRows.Read(r));
-        return jobs;
+            p("queued", (int)JobStatus.Queued);
+            for (int i = 0; i < names.Count; i++) p($"m{i}", names[i]);
+        }).SingleOrDefault();
+        if (head is null) return [];
+        var ids = Query(c, tx, "SELECT * FROM jobs WHERE status = @queued AND model = @model AND batch_key = @key ORDER BY priority DESC, seq LIMIT @max", p =>
+            { p("queued", (int)JobStatus.Queued); p("model", head.Submission.Model); p("key", head.Submission.BatchKey); p("max", max); }).Select(j => j.Id).ToList();
+        long now = Now;
+        foreach (var id in ids)
+            Execute(c, tx, $"UPDATE jobs SET {LeaseSet} WHERE id = @id", p =>
+                { p("running", (int)JobStatus.Running); p("replica", replica); p("until", until); p("now", now); p("id", id); });
+        return ids.Select(id => Row(c, tx, id)!).ToList();
     }
 
     /// <summary>Closes this store's pooled connections (the file stays).</summary>
-    public void Dispose()
+    public override void Dispose()
     {
         using var c = new SqliteConnection(connectionString);
         SqliteConnection.ClearPool(c);

@@ -111,7 +111,7 @@ public abstract class JobStoreContract : IDisposable
         Assert.False(again.Created);
         Assert.Equal(first.Job.Id, again.Job.Id);
         Assert.True(store.Submit(Job("a", owner: "key-b") with { IdempotencyKey = "k1" }).Created);   // another owner's key space
-        time.Advance(SqliteJobStore.IdempotencyWindow + TimeSpan.FromMinutes(1));
+        time.Advance(SqlJobStore.IdempotencyWindow + TimeSpan.FromMinutes(1));
         var later = store.Submit(Job("a") with { IdempotencyKey = "k1" });
         Assert.True(later.Created);
         Assert.NotEqual(first.Job.Id, later.Job.Id);
