@@ -99,8 +99,9 @@ public static class Flux2ModelFolder
 
     /// <summary>
     /// Loads every component in <paramref name="dtype"/> (bfloat16 or float32; the VAE's BatchNorm statistics stay float32)
-    /// on <paramref name="device"/> (default the CPU). The transformer and the text encoder are built on the device and each
-    /// tensor is copied there as it is read (no whole CPU copy of the model); the small VAE is loaded on the CPU and moved.
+    /// on <paramref name="device"/> (default the CPU). The transformer is built on the meta device and given uninitialised
+    /// storage on the device, the text encoder is built there uninitialised, and each tensor is read straight into its place
+    /// (no whole CPU copy of the model); the small VAE is materialized and loaded on the CPU, then moved.
     /// Strict: a missing file names the file; a missing, unexpected or mis-shaped tensor names the tensor.
     /// </summary>
     public static Flux2Model Load(string dir, ScalarType dtype = ScalarType.BFloat16, Device? device = null) =>
