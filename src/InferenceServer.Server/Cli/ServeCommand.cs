@@ -32,8 +32,18 @@ internal static class ServeCommand
         var loraCache = new Option<long?>("--lora-cache-bytes") { Description = "Bytes of loaded adapters kept for later requests (default 2 GiB; least recently used dropped first)" };
         var maxLoras = new Option<int?>("--max-loras") { Description = "Adapters one request may name (default 4)" };
         var keepRunning = new Option<bool>("--keep-running-on-load-failure") { Description = "Stay up (healthz 200, every request 503) when a model fails to load, instead of exiting with code 3" };
-        var command = new Command("serve", "Serve gRPC (inference.v1.ImageService) and the OpenAI-compatible HTTP API")
-            { model, name, httpPort, grpcPort, bind, dtype, mmap, apiKey, maxQueue, maxBatch, loraDir, loraMerge, loraCache, maxLoras, keepRunning };
+        var jobs = new Option<string?>("--jobs") { Description = "Durable job store: sqlite:PATH (default: jobs.db under --data-dir), postgres://USER@HOST:PORT/DB or an Npgsql connection string (replicas share it), or off" };
+        var dataDir = new Option<string?>("--data-dir") { Description = "Folder of the default SQLite job store (default: $XDG_DATA_HOME or ~/.local/share /inference-server)" };
+        var replicaId = new Option<string?>("--replica-id") { Description = "This replica's id on the jobs it runs (default: host name + a short random suffix)" };
+        var webhookSecret = new Option<string?>("--webhook-secret") { Description = "whsec_... secret job webhooks are signed with (Standard Webhooks)" };
+        var webhookAllow = new Option<string[]>("--webhook-allow") { Description = "HOST, IP or CIDR webhooks may reach although private/loopback/link-local; repeatable" };
+        var retention = new Option<TimeSpan?>("--job-retention") { Description = "How long finished jobs and their images are kept (default 1.00:00:00, 24 h)" };
+        var maxPerKey = new Option<int?>("--max-queued-jobs-per-key") { Description = "Queued jobs one API key may have (default 10000)" };
+        var command = new Command("serve", "Serve gRPC (inference.v1.ImageService, JobService) and the OpenAI-compatible HTTP API")
+        {
+            model, name, httpPort, grpcPort, bind, dtype, mmap, apiKey, maxQueue, maxBatch, loraDir, loraMerge, loraCache, maxLoras, keepRunning,
+            jobs, dataDir, replicaId, webhookSecret, webhookAllow, retention, maxPerKey,
+        };
         command.SetAction(async (r, ct) =>
         {
             var app = ServerHost.Build([], o =>
@@ -52,6 +62,13 @@ internal static class ServeCommand
                 if (r.GetValue(loraMerge) is { Length: > 0 } merge) o.Lora.Merge = [.. merge];
                 if (r.GetValue(loraCache) is { } lc) o.Lora.CacheBytes = lc;
                 if (r.GetValue(maxLoras) is { } ml) o.Lora.MaxPerRequest = ml;
+                if (r.GetValue(jobs) is { } js) o.Jobs.Store = js;
+                if (r.GetValue(dataDir) is { } dd) o.Jobs.DataDirectory = dd;
+                if (r.GetValue(replicaId) is { } ri) o.Jobs.ReplicaId = ri;
+                if (r.GetValue(webhookSecret) is { } ws) o.Jobs.WebhookSecret = ws;
+                if (r.GetValue(webhookAllow) is { Length: > 0 } wa) o.Jobs.WebhookAllow = [.. wa];
+                if (r.GetValue(retention) is { } rt) o.Jobs.Retention = rt;
+                if (r.GetValue(maxPerKey) is { } mk) o.Jobs.MaxQueuedPerKey = mk;
             });
             // A model that fails to load stops the process with the reason and exit code 3, so a supervisor restarts it (or
             // alerts) instead of keeping a process that answers every request with 503.

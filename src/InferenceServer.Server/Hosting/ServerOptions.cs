@@ -39,6 +39,7 @@ public sealed class ServerOptions
     public LimitOptions Limits { get; set; } = new();
     public FileStoreOptions Files { get; set; } = new();
     public LoraOptions Lora { get; set; } = new();
+    public JobOptions Jobs { get; set; } = new();
 
     /// <summary>How long SIGTERM waits for in-flight requests before exiting anyway.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromMinutes(2);
@@ -119,4 +120,39 @@ public sealed class LoraOptions
     /// server refuses to start when one fits none.
     /// </summary>
     public List<string> Merge { get; set; } = [];
+}
+
+/// <summary>Durable jobs (docs/jobs-api.md): where they are stored, how this replica claims them, how long results stay, webhooks.</summary>
+public sealed class JobOptions
+{
+    /// <summary>
+    /// <c>sqlite:PATH</c> (one machine), <c>postgres://USER[:PASSWORD]@HOST[:PORT]/DB</c> or an Npgsql connection string
+    /// (any number of replicas sharing one queue), or <c>off</c>. Null: <c>sqlite:</c> jobs.db under <see cref="DataDirectory"/>.
+    /// </summary>
+    public string? Store { get; set; }
+    /// <summary>Where the default SQLite store lives; null: $XDG_DATA_HOME or ~/.local/share /inference-server.</summary>
+    public string? DataDirectory { get; set; }
+    /// <summary>This replica's id on the jobs it runs; null: the host name and a short random suffix (logged at start).</summary>
+    public string? ReplicaId { get; set; }
+    /// <summary>How long a claim holds a job without a heartbeat; a replica that dies loses its jobs after this long.</summary>
+    public TimeSpan Lease { get; set; } = TimeSpan.FromSeconds(30);
+    /// <summary>Longest wait for new work without a notification (other replicas' expired leases, a lost LISTEN connection).</summary>
+    public TimeSpan PollInterval { get; set; } = TimeSpan.FromSeconds(2);
+    /// <summary>How long a finished job and its images are kept.</summary>
+    public TimeSpan Retention { get; set; } = TimeSpan.FromHours(24);
+    /// <summary>Bytes of stored result images; beyond it the oldest finished jobs are deleted before their retention ends.</summary>
+    public long MaxResultBytes { get; set; } = 20L << 30;
+    /// <summary>Queued jobs one API key may have; beyond it submissions are refused with 429 / RESOURCE_EXHAUSTED.</summary>
+    public int MaxQueuedPerKey { get; set; } = 10_000;
+    /// <summary>Jobs in one SubmitJobs call.</summary>
+    public int MaxJobsPerCall { get; set; } = 1000;
+    /// <summary>Secret webhooks are signed with (Standard Webhooks, <c>whsec_</c> + base64); null: a random one per process (logged as missing).</summary>
+    public string? WebhookSecret { get; set; }
+    /// <summary>Hosts, addresses or CIDR networks webhooks may reach although private, loopback or link-local (refused otherwise).</summary>
+    public List<string> WebhookAllow { get; set; } = [];
+    /// <summary>Waits between webhook tries after a failure or non-2xx answer: 6 tries over about 10 minutes by default.</summary>
+    public List<TimeSpan> WebhookRetryDelays { get; set; } =
+        [TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(90), TimeSpan.FromMinutes(3), TimeSpan.FromMinutes(5)];
+    /// <summary>How long one webhook POST may take.</summary>
+    public TimeSpan WebhookTimeout { get; set; } = TimeSpan.FromSeconds(10);
 }
