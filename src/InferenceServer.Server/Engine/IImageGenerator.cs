@@ -17,9 +17,19 @@ public sealed record ImageJobRequest
     public TimeSpan? Timeout { get; init; }
     /// <summary>A small JPEG preview every N steps in the progress events (0: none).</summary>
     public int PreviewEvery { get; init; }
-    /// <summary>"grpc" or "http", for metrics and logs.</summary>
+    /// <summary>"grpc" or "http", for metrics and logs ("job" for durable jobs).</summary>
     public string Origin { get; init; } = "";
+    /// <summary>
+    /// A durable job run by <see cref="Jobs.JobRunner"/>: it never heads a batch while a live request waits (live requests
+    /// keep their latency), but joins a live batch it is compatible with (jobs fill free batch slots).
+    /// </summary>
+    public bool Durable { get; init; }
 }
+
+/// <summary>What a durable job will run as, checked when it is submitted: its model, batch key and pinned seed.</summary>
+/// <param name="BatchKey">Jobs with equal model and key can share one engine batch.</param>
+/// <param name="Seed">The request's seed, or the one drawn for it: every attempt of the job makes the same images.</param>
+public sealed record JobPlan(string Model, string BatchKey, long Seed);
 
 /// <summary>Events of one job, in order: <see cref="Queued"/> (once, at admission), then <see cref="Progress"/> per step.</summary>
 public abstract record JobEvent
@@ -53,6 +63,12 @@ public interface IImageGenerator
     /// (<see cref="ErrorKind.Cancelled"/> / <see cref="ErrorKind.DeadlineExceeded"/>).
     /// </summary>
     Task<JobResult> GenerateAsync(ImageJobRequest request, Action<JobEvent>? onEvent = null, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Checks a request as <see cref="GenerateAsync"/> would (model, fields, adapter names, reference headers) without
+    /// queueing it, for a durable job at submission: bad input is refused then, not when a replica runs it.
+    /// </summary>
+    JobPlan Plan(ImageJobRequest request);
 
     IReadOnlyList<ModelDescriptor> Models { get; }
 

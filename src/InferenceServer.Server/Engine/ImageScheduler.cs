@@ -171,6 +171,21 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         }
     }
 
+    public JobPlan Plan(ImageJobRequest request)
+    {
+        if (!loaded.Task.IsCompletedSuccessfully)
+            throw new ServiceException(ErrorKind.Unavailable, loaded.Task.IsFaulted ? "the model failed to load" : "the model is still loading", retryAfter: TimeSpan.FromSeconds(5));
+        var model = FindModel(request.Model);
+        Validate(request);
+        loras.Check(model, request.Loras);
+        PreparedRequest prepared;
+        try { prepared = model.Pipeline.Plan(request.Generation); }
+        catch (RequestException e) { throw ServiceException.FromRequest(e); }
+        var k = prepared.Key;
+        string key = string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{k.Width}x{k.Height}/{k.Steps}/{k.Guidance}/{k.References}");
+        return new JobPlan(model.Name, key, prepared.Seed);
+    }
+
     /// <summary>A queue slot for a request being prepared (or 429 at once); see <see cref="Reservation"/>.</summary>
     Reservation Reserve()
     {
@@ -326,7 +341,8 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
                 batch = Gather();
                 // Wait for companions only under concurrent load (the last batch was shared, or requests arrived while it ran):
                 // a lone client must not pay the window on every request.
-                bool concurrent = lastBatchRequests > 1 || arrivedDuringBatch > 0 || queue.Count > 1;
+                // Requests being admitted right now (a job runner's claimed batch, a client's burst) count as well.
+                bool concurrent = lastBatchRequests > 1 || arrivedDuringBatch > 0 || queue.Count > 1 || reserved > 0;
                 if (concurrent && Images(batch) < options.Queue.MaxBatchImages && options.Queue.GatherWindow > TimeSpan.Zero && !draining)
                 {
                     // A short window for compatible requests arriving together (a client's burst); jobs stay queued meanwhile.
@@ -358,7 +374,8 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
     /// <summary>The next batch by <see cref="BatchPolicy"/> over the queue (jobs stay queued).</summary>
     List<Job> Gather()
     {
-        var queued = queue.ToList();
+        // Live requests head batches before durable jobs (stable order within each); a compatible job still joins a live batch.
+        var queued = queue.OrderBy(j => j.Request.Durable ? 1 : 0).ToList();
         var picked = new BatchPolicy(options.Queue.MaxBatchImages, options.Queue.MaxBatchTokens).Select(queued.Select(Candidate).ToList());
         return picked.Select(i => queued[i]).ToList();
     }

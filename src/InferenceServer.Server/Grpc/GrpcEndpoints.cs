@@ -39,7 +39,8 @@ public static class GrpcEndpoints
             o.MaxReceiveMessageSize = (int)Math.Min(options.Limits.MaxRequestBytes, int.MaxValue);
             o.MaxSendMessageSize = (int)Math.Min(options.Limits.MaxResponseBytes, int.MaxValue);
             o.EnableDetailedErrors = false;
-        }).AddServiceOptions<ImageGrpcService>(o => o.Interceptors.Add<GrpcCallInterceptor>());
+        }).AddServiceOptions<ImageGrpcService>(o => o.Interceptors.Add<GrpcCallInterceptor>())
+          .AddServiceOptions<JobGrpcService>(o => o.Interceptors.Add<GrpcCallInterceptor>());
         services.AddGrpcReflection();
         services.AddGrpcHealthChecks(o =>
         {
@@ -60,15 +61,15 @@ public static class GrpcEndpoints
         var options = endpoints.ServiceProvider.GetRequiredService<IOptions<ServerOptions>>().Value;
         var keys = new ApiKeys(options.ApiKeys);
         endpoints.MapGrpcService<ImageGrpcService>().Add(b => b.RequestDelegate = Guard(b.RequestDelegate!, options.Limits.MaxRequestBytes, keys));
+        endpoints.MapGrpcService<JobGrpcService>().Add(b => b.RequestDelegate = Guard(b.RequestDelegate!, options.Limits.MaxRequestBytes, keys));
         endpoints.MapGrpcHealthChecksService();
         endpoints.MapGrpcReflectionService();
         return endpoints;
     }
 
-    static readonly Google.Protobuf.Reflection.ServiceDescriptor ImageService = InferenceReflection.Descriptor.Services.Single(s => s.FullName == ImageServiceName);
 
     /// <summary>
-    /// What every ImageService call meets before Grpc.AspNetCore reads its message, each answered trailers-only and counted:
+    /// What every ImageService and JobService call meets before Grpc.AspNetCore reads its message, each answered trailers-only and counted:
     /// the API key, from the headers, before any body byte is read (UNAUTHENTICATED; the interceptor checks it again);
     /// the first message's size from its 5-byte frame header (RESOURCE_EXHAUSTED naming the size and the limit; Grpc.AspNetCore's
     /// own check, kept as the backstop, says only "Received message exceeds the maximum configured message size"); and the
@@ -97,8 +98,9 @@ public static class GrpcEndpoints
                 $"the request message is {length:N0} bytes; the limit is {limit:N0} bytes (InferenceServer:Limits:MaxRequestBytes)");
             return;
         }
-        string? method = context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>()?.Method.Name;
-        var input = method is null ? null : ImageService.FindMethodByName(method)?.InputType;
+        var method = context.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>()?.Method;
+        var input = method is null ? null
+            : InferenceReflection.Descriptor.Services.FirstOrDefault(s => s.FullName == method.ServiceName)?.FindMethodByName(method.Name)?.InputType;
         if (length is long n && !compressed && input is not null)
         {
             var whole = await reader.ReadAtLeastAsync((int)(5 + n), context.RequestAborted);

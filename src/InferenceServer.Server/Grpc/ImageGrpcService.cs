@@ -8,6 +8,8 @@ using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
 using InferenceServer.Server.Lora;
 using Microsoft.Extensions.Options;
+using JobEvent = InferenceServer.Server.Engine.JobEvent;
+using JobResult = InferenceServer.Server.Engine.JobResult;
 
 namespace InferenceServer.Server.Grpc;
 
@@ -107,7 +109,15 @@ public sealed class ImageGrpcService(IImageGenerator generator, LoraLibrary lora
             throw ServiceException.Invalid("request_id", "request_id: printable ASCII characters only (no spaces, control or non-ASCII characters)");
         context.UserState[RequestIdKey] = id;
         context.ResponseTrailers.Add(RequestIdKey, id);
+        TimeSpan? timeout = null;
+        if (context.Deadline != DateTime.MaxValue)
+            timeout = context.Deadline - DateTime.UtcNow is { Ticks: > 0 } left ? left : TimeSpan.Zero;
+        return Map(r, id, timeout);
+    }
 
+    /// <summary>The generation fields of a message as the scheduler takes them (also a durable job's request, <see cref="JobGrpcService"/>).</summary>
+    internal static ImageJobRequest Map(GenerateRequest r, string id, TimeSpan? timeout)
+    {
         if ((r.Width == 0) != (r.Height == 0))
         {
             string missing = r.Width == 0 ? "width" : "height";
@@ -121,10 +131,6 @@ public sealed class ImageGrpcService(IImageGenerator generator, LoraLibrary lora
             OutputFormat.Avif => ImageFormat.Avif,
             _ => throw ServiceException.Invalid("output_format", $"output_format: unknown value {(int)r.OutputFormat}"),
         };
-        TimeSpan? timeout = null;
-        if (context.Deadline != DateTime.MaxValue)
-            timeout = context.Deadline - DateTime.UtcNow is { Ticks: > 0 } left ? left : TimeSpan.Zero;
-
         return new ImageJobRequest
         {
             Model = r.Model,

@@ -27,4 +27,15 @@ public sealed class ApiKeys(IEnumerable<string> keys)
         foreach (var k in keys) match |= CryptographicOperations.FixedTimeEquals(k, given);
         return match ? ApiKeyCheck.Accepted : ApiKeyCheck.Invalid;
     }
+
+    /// <summary>
+    /// Who a caller is for per-key rules (durable jobs' idempotency keys and queued-job limits): a digest of the bearer key,
+    /// never the key itself; "" without one.
+    /// </summary>
+    public static string Owner(string? header)
+    {
+        if (header is null || !header.StartsWith(Scheme, StringComparison.OrdinalIgnoreCase)) return "";
+        var digest = SHA256.HashData(Encoding.UTF8.GetBytes(header[Scheme.Length..].Trim()));
+        return "key:" + Convert.ToHexStringLower(digest, 0, 12);
+    }
 }

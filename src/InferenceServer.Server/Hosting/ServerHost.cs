@@ -3,6 +3,7 @@ using InferenceServer.Models.Runtime;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Grpc;
 using InferenceServer.Server.Http;
+using InferenceServer.Server.Jobs;
 using InferenceServer.Server.Lora;
 using InferenceServer.Server.Observability;
 using Microsoft.AspNetCore.Builder;
@@ -52,6 +53,7 @@ public static class ServerHost
         builder.Services.AddSingleton<ImageScheduler>();
         builder.Services.AddSingleton<IImageGenerator>(s => s.GetRequiredService<ImageScheduler>());
         builder.Services.AddHostedService(s => s.GetRequiredService<ImageScheduler>());
+        AddJobs(builder.Services, options);
         builder.Services.AddInferenceGrpc(options);
         customize?.Invoke(builder);
 
@@ -59,6 +61,7 @@ public static class ServerHost
         var scheduler = app.Services.GetRequiredService<ImageScheduler>();
         // SIGTERM / Ctrl+C: refuse new work at once; Kestrel then waits for in-flight requests, then the engine stops.
         app.Lifetime.ApplicationStopping.Register(scheduler.BeginDrain);
+        if (app.Services.GetService<JobRunner>() is { } runner) app.Lifetime.ApplicationStopping.Register(runner.BeginDrain);
 
         // libvips warns on stderr about damaged client images (already answered with 400): route those lines to the log.
         var vipsLog = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("libvips");
@@ -71,7 +74,38 @@ public static class ServerHost
         app.MapInferenceGrpc();
         app.MapMetrics("/metrics", app.Services.GetRequiredService<ServerMetrics>().Registry);
         app.MapOpenAiImages();
+        app.MapJobsHttpApi();
         return app;
+    }
+
+    /// <summary>
+    /// Durable jobs, unless <see cref="JobOptions.Store"/> is <c>off</c>: the store (opened now, so a bad setting or an
+    /// unreachable database stops the start with its reason), the entry point, and the runner, webhook and housekeeping
+    /// services. Registered after the scheduler: hosted services stop in reverse order, so the runner stops claiming and
+    /// records its last results while the engine still drains.
+    /// </summary>
+    static void AddJobs(IServiceCollection services, ServerOptions options)
+    {
+        IJobStore? store;
+        string description;
+        try { store = JobStores.Open(options.Jobs, out description); }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new InvalidOperationException($"job store ({options.Jobs.Store ?? "default sqlite"}): {e.Message}", e);
+        }
+        if (store is null) return;
+        services.AddSingleton<IJobStore>(_ => store);
+        services.AddSingleton<ReplicaIdentity>();
+        services.AddSingleton<JobQueue>();
+        services.AddSingleton<JobRunner>();
+        services.AddHostedService(s =>
+        {
+            s.GetRequiredService<ILoggerFactory>().CreateLogger("InferenceServer.Jobs")
+                .LogInformation("replica {Replica}; durable jobs in {Store}", s.GetRequiredService<ReplicaIdentity>().Id, description);
+            return s.GetRequiredService<JobRunner>();
+        });
+        services.AddHostedService<WebhookDispatcher>();
+        services.AddHostedService<JobHousekeeping>();
     }
 
     /// <summary>(http, grpc) ports actually bound, after the app started (ports 0 in the options pick free ones).</summary>

@@ -14,7 +14,11 @@ namespace InferenceServer.Server.Http;
 public enum ResponseFormat { Url, B64Json }
 
 /// <summary>One images request as read from JSON or multipart: the job plus how to answer it.</summary>
-public sealed record ImagesRequest(ImageJobRequest Job, ResponseFormat ResponseFormat);
+public sealed record ImagesRequest(ImageJobRequest Job, ResponseFormat ResponseFormat)
+{
+    /// <summary>The durable-job fields (<c>POST /v1/jobs</c>); null on the images routes.</summary>
+    public Jobs.JobFields? JobFields { get; init; }
+}
 
 /// <summary>
 /// Reads <c>/v1/images/generations</c> (JSON) and <c>/v1/images/edits</c> (multipart/form-data, or JSON) into an
@@ -36,7 +40,8 @@ public static class ImageRequestReader
     /// <summary>Longest deadline a client may ask for (a day); longer ones are refused rather than clamped.</summary>
     public static readonly TimeSpan MaxTimeout = TimeSpan.FromDays(1);
 
-    public static async Task<ImagesRequest> ReadAsync(HttpContext context, ServerOptions options, string requestId, CancellationToken ct)
+    /// <param name="jobFields">Also read the durable-job fields (priority, idempotency_key or the Idempotency-Key header, webhook_url, labels, batch, max_attempts).</param>
+    public static async Task<ImagesRequest> ReadAsync(HttpContext context, ServerOptions options, string requestId, CancellationToken ct, bool jobFields = false)
     {
         var request = context.Request;
         if (IsJson(request.ContentType))
@@ -54,7 +59,7 @@ public static class ImageRequestReader
                 if (doc.RootElement.ValueKind != JsonValueKind.Object)
                     throw new ServiceException(ErrorKind.InvalidArgument, "the body must be a JSON object");
                 var json = new JsonFields(doc.RootElement);
-                return Build(json, json.Images(), request, requestId);
+                return WithJobFields(Build(json, json.Images(), request, requestId), json, request, jobFields);
             }
         }
         if (!request.HasFormContentType)
@@ -95,7 +100,29 @@ public static class ImageRequestReader
             await stream.ReadExactlyAsync(bytes, ct).ConfigureAwait(false);
             references.Add(bytes);
         }
-        return Build(new FormFields(form), references, request, requestId);
+        var fields = new FormFields(form);
+        return WithJobFields(Build(fields, references, request, requestId), fields, request, jobFields);
+    }
+
+    static ImagesRequest WithJobFields(ImagesRequest r, IFields f, HttpRequest request, bool read)
+    {
+        if (!read) return r;
+        string? key = f.String("idempotency_key");
+        if (request.Headers.TryGetValue("Idempotency-Key", out var header) && header.ToString() is { Length: > 0 } h)
+        {
+            if (key is not null && key != h)
+                throw ServiceException.Invalid("idempotency_key", "idempotency_key: the body field and the Idempotency-Key header differ; send one");
+            key = h;
+        }
+        long? attempts = f.Long("max_attempts");
+        return r with
+        {
+            JobFields = new Jobs.JobFields
+            {
+                Priority = f.Int("priority") ?? 0, IdempotencyKey = key, WebhookUrl = f.String("webhook_url"), Labels = f.Labels(),
+                Batch = f.String("batch"), MaxAttempts = attempts is null ? null : (int)Math.Clamp(attempts.Value, -1, 1000),
+            },
+        };
     }
 
     static ImagesRequest Build(IFields fields, List<byte[]> references, HttpRequest request, string requestId)
@@ -177,6 +204,8 @@ public static class ImageRequestReader
         double? Double(string name);
         bool? Bool(string name);
         List<RequestedLora> Loras();
+        /// <summary><c>labels</c>: an object of strings (multipart: a text field holding that JSON object).</summary>
+        Dictionary<string, string> Labels();
 
         int? Int(string name)
         {
@@ -203,6 +232,8 @@ public static class ImageRequestReader
             : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw WrongType(name, "true or false", Describe(v));
 
         public List<RequestedLora> Loras() => Get("loras", out var v) ? ReadLoras(v) : [];
+
+        public Dictionary<string, string> Labels() => Get("labels", out var v) ? ReadLabels(v) : [];
 
         /// <summary>Seedream's JSON references: <c>image</c> as a string or an array of strings (base64 or data: URLs).</summary>
         public List<byte[]> Images()
@@ -280,6 +311,16 @@ public static class ImageRequestReader
         return result;
     }
 
+    static Dictionary<string, string> ReadLabels(JsonElement v)
+    {
+        if (v.ValueKind != JsonValueKind.Object) throw WrongType("labels", "an object of strings ({\"shot\": \"sh010\"})", JsonFields.Describe(v));
+        var labels = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var p in v.EnumerateObject())
+            labels[p.Name] = p.Value.ValueKind == JsonValueKind.String ? Text(p.Value, $"labels.{p.Name}", "labels")
+                : throw WrongType($"labels.{p.Name}", "a string", JsonFields.Describe(p.Value), "labels");
+        return labels;
+    }
+
     static byte[] DecodeImageString(string text, int index)
     {
         if (text.StartsWith("http://", StringComparison.OrdinalIgnoreCase) || text.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
@@ -317,6 +358,15 @@ public static class ImageRequestReader
             try { doc = JsonDocument.Parse(text); }
             catch (JsonException) { throw WrongType("loras", "a JSON array of {\"name\", \"scale\"} objects", ClientText.Quote(text)); }
             using (doc) return ReadLoras(doc.RootElement);
+        }
+
+        public Dictionary<string, string> Labels()
+        {
+            if (String("labels") is not { } text || string.IsNullOrWhiteSpace(text)) return [];
+            JsonDocument doc;
+            try { doc = JsonDocument.Parse(text); }
+            catch (JsonException) { throw WrongType("labels", "a JSON object of strings", ClientText.Quote(text)); }
+            using (doc) return ReadLabels(doc.RootElement);
         }
     }
 }

@@ -53,8 +53,22 @@ public sealed record JobRecord(string Id, JobStatus Status, JobSubmission Submis
     public int ImageCount { get; init; }
     /// <summary>Monotonic order of submission: the list cursor.</summary>
     public long Sequence { get; init; }
+    /// <summary>Past its retention (or pushed out by the byte budget): only a tombstone is left, no request, result or images.</summary>
+    public bool Expired { get; init; }
+    /// <summary>Bytes its result holds (images and document).</summary>
+    public long ResultBytes { get; init; }
+    /// <summary>Null without a webhook.</summary>
+    public WebhookState? Webhook { get; init; }
+    /// <summary>Every webhook delivery attempt so far, oldest first.</summary>
+    public IReadOnlyList<WebhookDelivery> WebhookDeliveries { get; init; } = [];
     public bool IsTerminal => Status is JobStatus.Succeeded or JobStatus.Failed or JobStatus.Cancelled;
 }
 
 /// <summary>A filter and page of <see cref="IJobStore.List"/>: jobs after <paramref name="After"/> (a sequence), oldest first.</summary>
 public sealed record JobQuery(JobStatus? Status = null, string? Batch = null, KeyValuePair<string, string>? Label = null, int Limit = 100, long After = 0);
+
+/// <summary>Where a job's webhook is: waiting for the job to end, due (now or at its retry time), delivered, or given up after the last retry.</summary>
+public enum WebhookState { Waiting, Pending, Delivered, GaveUp }
+
+/// <summary>Job counts by status, and queued jobs per (model, priority): the metrics an autoscaler reads.</summary>
+public sealed record JobStats(IReadOnlyDictionary<JobStatus, long> ByStatus, IReadOnlyList<(string Model, int Priority, long Count)> Queued);

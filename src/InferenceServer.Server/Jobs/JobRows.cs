@@ -35,8 +35,15 @@ internal static class JobRows
             Result = r["result"] as byte[],
             ImageCount = (int)L("image_count")!.Value,
             Sequence = L("seq")!.Value,
+            Expired = L("expired") == 1,
+            ResultBytes = L("result_bytes") ?? 0,
+            Webhook = L("webhook_state") is { } w ? (WebhookState)w : null,
+            WebhookDeliveries = S("webhook_log") is { Length: > 2 } log ? JsonSerializer.Deserialize<List<WebhookDelivery>>(log, Json)! : [],
         };
     }
+
+    /// <summary>How stored JSON columns are written (webhook log).</summary>
+    public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
     /// <summary>A new job id: "job_" and 24 hex digits (96 random bits).</summary>
     public static string NewId() => "job_" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(12));

@@ -6,10 +6,16 @@ namespace InferenceServer.Server.Jobs;
 /// <summary>
 /// Jobs in PostgreSQL, shared by any number of replicas. A claim locks the head of the queue and its batch-compatible
 /// jobs with <c>FOR UPDATE SKIP LOCKED</c>, so concurrent replicas take disjoint jobs without waiting on each other.
+/// Every change is announced with <c>NOTIFY inference_jobs, 'ID'</c> at commit; one connection per process LISTENs and
+/// raises <see cref="IJobStore.Changed"/>, so idle replicas wake on new work and watchers see other replicas' progress
+/// without polling delay. The listener reconnects when the database restarts, and announces "*" (anything may have changed).
 /// </summary>
 public sealed class PostgresJobStore : SqlJobStore
 {
+    const string Channel = "inference_jobs";
     readonly NpgsqlDataSource source;
+    readonly CancellationTokenSource stop = new();
+    readonly Task listener;
 
     /// <param name="connectionString">An Npgsql connection string, or a postgres://user:password@host:port/db URL.</param>
     public PostgresJobStore(string connectionString, TimeProvider? time = null) : base(time)
@@ -18,7 +24,40 @@ public sealed class PostgresJobStore : SqlJobStore
         using var c = Connect();
         // Two replicas starting together must not both create the schema: one holds the advisory lock while it does.
         Execute(c, null, "SELECT pg_advisory_lock(7264531);\n" + Schema(serial: "BIGSERIAL PRIMARY KEY", bigint: "BIGINT", bytes: "BYTEA") + "\nSELECT pg_advisory_unlock(7264531);");
+        listener = Task.Run(() => Listen(stop.Token));
     }
+
+    /// <summary>Set once the LISTEN connection is up (tests wait for it before counting on notifications).</summary>
+    public Task Listening => listening.Task;
+    readonly TaskCompletionSource listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    async Task Listen(CancellationToken ct)
+    {
+        bool first = true;
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                await using var c = await source.OpenConnectionAsync(ct).ConfigureAwait(false);
+                c.Notification += (_, e) => Raise(e.Payload);
+                await using (var cmd = new NpgsqlCommand($"LISTEN {Channel}", c)) await cmd.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
+                listening.TrySetResult();
+                if (!first) Raise("*");             // notifications sent while disconnected are lost: everyone looks again
+                first = false;
+                while (!ct.IsCancellationRequested) await c.WaitAsync(ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
+            catch (Exception)
+            {
+                // The database restarted or the network dropped: retry; writers meanwhile fail and are retried by their callers.
+                try { await Task.Delay(TimeSpan.FromMilliseconds(500), ct).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return; }
+            }
+        }
+    }
+
+    protected override void Notify(DbConnection c, DbTransaction tx, string id) =>
+        Execute(c, tx, $"SELECT pg_notify('{Channel}', @id)", p => p("id", id));
 
     /// <summary>A postgres:// URL as an Npgsql connection string; anything else is taken as one already.</summary>
     public static string ToConnectionString(string value)
@@ -35,6 +74,8 @@ public sealed class PostgresJobStore : SqlJobStore
     protected override DbConnection Connect() => source.OpenConnection();
 
     protected override string JsonType => "JSONB";
+
+    protected override string SkipLocked => " FOR UPDATE SKIP LOCKED";
 
     protected override bool IsUniqueViolation(Exception e) => e is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation };
 
@@ -53,5 +94,11 @@ public sealed class PostgresJobStore : SqlJobStore
             p("replica", replica); p("until", until); p("now", Now);
         }).OrderByDescending(j => j.Submission.Priority).ThenBy(j => j.Sequence).ToList();
 
-    public override void Dispose() => source.Dispose();
+    public override void Dispose()
+    {
+        stop.Cancel();
+        try { listener.Wait(TimeSpan.FromSeconds(5)); } catch (AggregateException) { }
+        source.Dispose();
+        stop.Dispose();
+    }
 }

@@ -44,9 +44,17 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
             error_code TEXT,
             error_message TEXT,
             result {bytes},
-            image_count INTEGER NOT NULL DEFAULT 0);
+            image_count INTEGER NOT NULL DEFAULT 0,
+            result_bytes {bigint} NOT NULL DEFAULT 0,
+            expired INTEGER NOT NULL DEFAULT 0,
+            webhook_state INTEGER,
+            webhook_tries INTEGER NOT NULL DEFAULT 0,
+            webhook_next {bigint},
+            webhook_log TEXT NOT NULL DEFAULT '[]');
         CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority DESC, seq);
         CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_state, webhook_next) WHERE webhook_state IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished) WHERE finished IS NOT NULL;
         CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
         CREATE TABLE IF NOT EXISTS job_images (
             job_id TEXT NOT NULL,
@@ -84,12 +92,45 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
         return result;
     }
 
+    public event Action<string>? Changed;
+
+    /// <summary>Tells this process's listeners (and, where the database can, other replicas': <see cref="Notify"/>) that job <paramref name="id"/> changed.</summary>
+    protected void Raise(string id)
+    {
+        try { Changed?.Invoke(id); }
+        catch (Exception) { }   // a listener's failure must not undo a committed change in the caller's eyes
+    }
+
+    /// <summary>Inside the write transaction: tells other processes about <paramref name="id"/> at commit (PostgreSQL NOTIFY); nothing by default.</summary>
+    protected virtual void Notify(DbConnection c, DbTransaction tx, string id) { }
+
+    /// <summary>A write about one job: committed, then announced.</summary>
+    T WriteJob<T>(string id, Func<DbConnection, DbTransaction, T> work)
+    {
+        var result = Write((c, tx) => { var r = work(c, tx); Notify(c, tx, id); return r; });
+        Raise(id);
+        return result;
+    }
+
+    /// <summary>Jobs that just reached a terminal state with a webhook get their first delivery due now (same transaction).</summary>
+    void ArmWebhooks(DbConnection c, DbTransaction tx) =>
+        Execute(c, tx, "UPDATE jobs SET webhook_state = @pending, webhook_next = @now WHERE webhook_state = @waiting AND status IN (@s, @f, @c)", p =>
+        {
+            p("pending", (int)WebhookState.Pending); p("now", Now); p("waiting", (int)WebhookState.Waiting);
+            p("s", (int)JobStatus.Succeeded); p("f", (int)JobStatus.Failed); p("c", (int)JobStatus.Cancelled);
+        });
+
     public (JobRecord Job, bool Created) Submit(JobSubmission s)
     {
         if (s.MaxAttempts < 1) throw new ArgumentOutOfRangeException(nameof(s), "max_attempts must be at least 1");
         while (true)
         {
-            try { return Write((c, tx) => SubmitIn(c, tx, s)); }
+            try
+            {
+                var submitted = Write((c, tx) => { var r = SubmitIn(c, tx, s); Notify(c, tx, r.Item1.Id); return r; });
+                Raise(submitted.Item1.Id);
+                return submitted;
+            }
             catch (Exception e) when (s.IdempotencyKey is not null && IsUniqueViolation(e)) { } // another replica inserted the key first: the next look finds its job
         }
     }
@@ -109,13 +150,14 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
         }
         string id = JobRows.NewId();
         Execute(c, tx, $"""
-            INSERT INTO jobs (id, owner, idempotency_key, status, priority, model, batch_key, batch, labels, webhook_url, request, max_attempts, created)
-            VALUES (@id, @owner, @key, @status, @priority, @model, @batch_key, @batch, CAST(@labels AS {JsonType}), @webhook, @request, @max, @now)
+            INSERT INTO jobs (id, owner, idempotency_key, status, priority, model, batch_key, batch, labels, webhook_url, request, max_attempts, created, webhook_state)
+            VALUES (@id, @owner, @key, @status, @priority, @model, @batch_key, @batch, CAST(@labels AS {JsonType}), @webhook, @request, @max, @now, @webhook_state)
             """, p =>
         {
             p("id", id); p("owner", s.Owner); p("key", s.IdempotencyKey); p("status", (int)JobStatus.Queued); p("priority", s.Priority);
             p("model", s.Model); p("batch_key", s.BatchKey); p("batch", s.Batch); p("labels", JsonSerializer.Serialize(s.Labels));
             p("webhook", s.WebhookUrl); p("request", s.Request); p("max", s.MaxAttempts); p("now", now);
+            p("webhook_state", s.WebhookUrl is null ? null : (int)WebhookState.Waiting);
         });
         return (Row(c, tx, id)!, true);
     }
@@ -128,7 +170,7 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
 
     public IReadOnlyList<JobRecord> List(JobQuery q)
     {
-        var where = new List<string> { "seq > @after" };
+        var where = new List<string> { "seq > @after", "expired = 0" };
         if (q.Status is not null) where.Add("status = @status");
         if (q.Batch is not null) where.Add("batch = @batch");
         if (q.Label is not null) where.Add("labels ->> CAST(@label_key AS TEXT) = @label_value");
@@ -160,46 +202,57 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
         return Convert.ToInt32(cmd.ExecuteScalar());
     }
 
-    public JobRecord? Cancel(string id) => Write((c, tx) =>
+    public JobRecord? Cancel(string id) => WriteJob(id, (c, tx) =>
     {
         Execute(c, tx, "UPDATE jobs SET status = @cancelled, finished = @now WHERE id = @id AND status = @queued", p =>
             { p("cancelled", (int)JobStatus.Cancelled); p("now", Now); p("id", id); p("queued", (int)JobStatus.Queued); });
         Execute(c, tx, "UPDATE jobs SET cancel_requested = 1 WHERE id = @id AND status = @running", p => { p("id", id); p("running", (int)JobStatus.Running); });
+        ArmWebhooks(c, tx);
         return Row(c, tx, id);
     });
 
     public IReadOnlyList<JobRecord> Claim(string replica, IReadOnlyCollection<string> models, int max, TimeSpan lease)
     {
         if (max < 1 || models.Count == 0) return [];
-        return Write((c, tx) => ClaimRows(c, tx, replica, models, max, Now + (long)lease.TotalMilliseconds));
+        var claimed = Write((c, tx) =>
+        {
+            var rows = ClaimRows(c, tx, replica, models, max, Now + (long)lease.TotalMilliseconds);
+            foreach (var j in rows) Notify(c, tx, j.Id);
+            return rows;
+        });
+        foreach (var j in claimed) Raise(j.Id);
+        return claimed;
     }
 
     /// <summary>The UPDATE that leases claimed rows (shared by the claims; bind @running, @replica, @until, @now).</summary>
     protected const string LeaseSet = "status = @running, replica = @replica, lease_until = @until, attempts = attempts + 1, started = COALESCE(started, @now), step = 0, steps = 0";
 
-    public JobRecord? Renew(string id, string replica, TimeSpan lease, int step, int steps) => Write((c, tx) =>
+    public JobRecord? Renew(string id, string replica, TimeSpan lease, int step, int steps) => WriteJob(id, (c, tx) =>
         Execute(c, tx, "UPDATE jobs SET lease_until = @until, step = @step, steps = @steps WHERE id = @id AND status = @running AND replica = @replica", p =>
             { p("until", Now + (long)lease.TotalMilliseconds); p("step", step); p("steps", steps); p("id", id); p("running", (int)JobStatus.Running); p("replica", replica); })
         == 1 ? Row(c, tx, id) : null);
 
-    public bool Complete(string id, string replica, JobResult result) => Write((c, tx) =>
+    public bool Complete(string id, string replica, JobResult result) => WriteJob(id, (c, tx) =>
     {
         int n = Execute(c, tx, """
-            UPDATE jobs SET status = @succeeded, finished = @now, lease_until = NULL, result = @result, image_count = @count, error_code = NULL, error_message = NULL
+            UPDATE jobs SET status = @succeeded, finished = @now, lease_until = NULL, result = @result, image_count = @count, result_bytes = @bytes, step = steps,
+                error_code = NULL, error_message = NULL
             WHERE id = @id AND status = @running AND replica = @replica
             """, p =>
         {
             p("succeeded", (int)JobStatus.Succeeded); p("now", Now); p("result", result.Document); p("count", result.Images.Count);
+            p("bytes", result.Images.Sum(i => (long)i.Bytes.Length) + result.Document.Length);
             p("id", id); p("running", (int)JobStatus.Running); p("replica", replica);
         });
         if (n == 0) return false;
         foreach (var img in result.Images)
             Execute(c, tx, "INSERT INTO job_images (job_id, idx, mime, bytes, seed, width, height) VALUES (@id, @idx, @mime, @bytes, @seed, @w, @h)", p =>
                 { p("id", id); p("idx", img.Index); p("mime", img.MimeType); p("bytes", img.Bytes); p("seed", img.Seed); p("w", img.Width); p("h", img.Height); });
+        ArmWebhooks(c, tx);
         return true;
     });
 
-    public bool Fail(string id, string replica, JobError error, bool retryable) => Write((c, tx) => Execute(c, tx, """
+    public bool Fail(string id, string replica, JobError error, bool retryable) => WriteJob(id, (c, tx) => Execute(c, tx, """
         UPDATE jobs SET
             status = CASE WHEN @retryable = 1 AND attempts < max_attempts THEN @queued ELSE @failed END,
             finished = CASE WHEN @retryable = 1 AND attempts < max_attempts THEN NULL ELSE @now END,
@@ -210,13 +263,38 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
     {
         p("retryable", retryable ? 1 : 0); p("queued", (int)JobStatus.Queued); p("failed", (int)JobStatus.Failed); p("now", Now);
         p("code", error.Code); p("message", error.Message); p("id", id); p("running", (int)JobStatus.Running); p("replica", replica);
-    }) == 1);
+    }) == 1 && Armed(c, tx));
 
-    public bool Cancelled(string id, string replica) => Write((c, tx) => Execute(c, tx,
+    bool Armed(DbConnection c, DbTransaction tx)
+    {
+        ArmWebhooks(c, tx);
+        return true;
+    }
+
+    public bool Release(string id, string replica) => WriteJob(id, (c, tx) => Execute(c, tx,
+        "UPDATE jobs SET status = @queued, replica = NULL, lease_until = NULL, attempts = attempts - 1, step = 0, steps = 0 WHERE id = @id AND status = @running AND replica = @replica",
+        p => { p("queued", (int)JobStatus.Queued); p("id", id); p("running", (int)JobStatus.Running); p("replica", replica); }) == 1);
+
+    public bool Cancelled(string id, string replica) => WriteJob(id, (c, tx) => Execute(c, tx,
         "UPDATE jobs SET status = @cancelled, finished = @now, lease_until = NULL WHERE id = @id AND status = @running AND replica = @replica", p =>
-        { p("cancelled", (int)JobStatus.Cancelled); p("now", Now); p("id", id); p("running", (int)JobStatus.Running); p("replica", replica); }) == 1);
+        { p("cancelled", (int)JobStatus.Cancelled); p("now", Now); p("id", id); p("running", (int)JobStatus.Running); p("replica", replica); }) == 1 && Armed(c, tx));
 
-    public int ReclaimExpired() => Write((c, tx) => Execute(c, tx, """
+    public int ReclaimExpired()
+    {
+        var ids = Write((c, tx) =>
+        {
+            var expired = Ids(c, tx, "SELECT id FROM jobs WHERE status = @running AND lease_until < @now", p => { p("running", (int)JobStatus.Running); p("now", Now); });
+            if (expired.Count == 0) return expired;
+            ReclaimIn(c, tx);
+            ArmWebhooks(c, tx);
+            foreach (var id in expired) Notify(c, tx, id);
+            return expired;
+        });
+        foreach (var id in ids) Raise(id);
+        return ids.Count;
+    }
+
+    int ReclaimIn(DbConnection c, DbTransaction tx) => Execute(c, tx, """
         UPDATE jobs SET
             status = CASE WHEN cancel_requested = 1 THEN @cancelled WHEN attempts < max_attempts THEN @queued ELSE @failed END,
             finished = CASE WHEN cancel_requested = 1 OR attempts >= max_attempts THEN @now ELSE NULL END,
@@ -225,15 +303,103 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
                 THEN 'the replica running it stopped answering (' || attempts || ' of ' || max_attempts || ' attempts)' ELSE error_message END,
             lease_until = NULL
         WHERE status = @running AND lease_until < @now
-        """, p => { p("cancelled", (int)JobStatus.Cancelled); p("queued", (int)JobStatus.Queued); p("failed", (int)JobStatus.Failed); p("now", Now); p("running", (int)JobStatus.Running); }));
+        """, p => { p("cancelled", (int)JobStatus.Cancelled); p("queued", (int)JobStatus.Queued); p("failed", (int)JobStatus.Failed); p("now", Now); p("running", (int)JobStatus.Running); });
 
-    public int DeleteFinishedBefore(DateTimeOffset before) => Write((c, tx) =>
+    public int Expire(DateTimeOffset finishedBefore, long maxResultBytes, DateTimeOffset forgetBefore)
     {
-        void P(Action<string, object?> p) { p("before", before.ToUnixTimeMilliseconds()); p("queued", (int)JobStatus.Queued); p("running", (int)JobStatus.Running); }
-        const string Finished = "status NOT IN (@queued, @running) AND finished < @before";
-        Execute(c, tx, $"DELETE FROM job_images WHERE job_id IN (SELECT id FROM jobs WHERE {Finished})", P);
-        return Execute(c, tx, $"DELETE FROM jobs WHERE {Finished}", P);
+        var ids = Write((c, tx) =>
+        {
+            long before = finishedBefore.ToUnixTimeMilliseconds();
+            var old = Ids(c, tx, "SELECT id FROM jobs WHERE expired = 0 AND finished IS NOT NULL AND finished < @before", p => p("before", before));
+            // Over the byte budget: the oldest finished results go first, until the rest fits.
+            using (var cmd = Command(c, tx, "SELECT id, result_bytes FROM jobs WHERE expired = 0 AND result_bytes > 0 AND finished >= @before ORDER BY finished DESC, seq DESC",
+                p => p("before", before)))
+            using (var r = cmd.ExecuteReader())
+            {
+                long kept = 0;
+                while (r.Read())
+                {
+                    kept += Convert.ToInt64(r[1]);
+                    if (kept > maxResultBytes) old.Add(r.GetString(0));
+                }
+            }
+            foreach (var id in old)
+            {
+                Execute(c, tx, "DELETE FROM job_images WHERE job_id = @id", p => p("id", id));
+                // A tombstone stays (no request, result or images) so a GET can say the job expired rather than never existed.
+                Execute(c, tx, "UPDATE jobs SET expired = 1, request = @empty, result = NULL, result_bytes = 0, idempotency_key = NULL WHERE id = @id",
+                    p => { p("id", id); p("empty", Array.Empty<byte>()); });
+                Notify(c, tx, id);
+            }
+            Execute(c, tx, "DELETE FROM jobs WHERE expired = 1 AND finished < @forget", p => p("forget", forgetBefore.ToUnixTimeMilliseconds()));
+            return old;
+        });
+        foreach (var id in ids) Raise(id);
+        return ids.Count;
+    }
+
+    public int QueuePosition(JobRecord job)
+    {
+        if (job.Status != JobStatus.Queued) return 0;
+        using var c = Connect();
+        using var cmd = Command(c, null, "SELECT COUNT(*) FROM jobs WHERE status = @queued AND model = @model AND (priority > @priority OR (priority = @priority AND seq < @seq))",
+            p => { p("queued", (int)JobStatus.Queued); p("model", job.Submission.Model); p("priority", job.Submission.Priority); p("seq", job.Sequence); });
+        return Convert.ToInt32(cmd.ExecuteScalar());
+    }
+
+    public JobStats Stats()
+    {
+        using var c = Connect();
+        using var cmd = Command(c, null, "SELECT status, model, priority, COUNT(*) FROM jobs WHERE expired = 0 GROUP BY status, model, priority", null);
+        using var r = cmd.ExecuteReader();
+        var byStatus = Enum.GetValues<JobStatus>().ToDictionary(s => s, _ => 0L);
+        var queued = new List<(string, int, long)>();
+        while (r.Read())
+        {
+            var status = (JobStatus)Convert.ToInt32(r[0]);
+            long n = Convert.ToInt64(r[3]);
+            byStatus[status] += n;
+            if (status == JobStatus.Queued) queued.Add((r.GetString(1), Convert.ToInt32(r[2]), n));
+        }
+        return new JobStats(byStatus, queued);
+    }
+
+    public IReadOnlyList<JobRecord> ClaimWebhooks(int max, TimeSpan hold) => Write((c, tx) =>
+    {
+        long now = Now;
+        var ids = Ids(c, tx, $"SELECT id FROM jobs WHERE webhook_state = @pending AND webhook_next <= @now AND expired = 0 ORDER BY webhook_next LIMIT @max{SkipLocked}",
+            p => { p("pending", (int)WebhookState.Pending); p("now", now); p("max", max); });
+        // Pushing the due time out is the claim: no other replica sends it meanwhile; a replica that dies leaves it due again after the hold.
+        foreach (var id in ids)
+            Execute(c, tx, "UPDATE jobs SET webhook_next = @until WHERE id = @id", p => { p("until", now + (long)hold.TotalMilliseconds); p("id", id); });
+        return ids.Select(id => Row(c, tx, id)!).ToList();
     });
+
+    public void RecordDelivery(string id, WebhookDelivery delivery, TimeSpan? retryAfter) => WriteJob(id, (c, tx) =>
+    {
+        using var cmd = Command(c, tx, "SELECT webhook_log FROM jobs WHERE id = @id", p => p("id", id));
+        if (cmd.ExecuteScalar() is not string text) return 0;
+        var log = JsonSerializer.Deserialize<List<WebhookDelivery>>(text, JobRows.Json) ?? [];
+        log.Add(delivery);
+        var state = delivery.Succeeded ? WebhookState.Delivered : retryAfter is null ? WebhookState.GaveUp : WebhookState.Pending;
+        return Execute(c, tx, "UPDATE jobs SET webhook_log = @log, webhook_tries = webhook_tries + 1, webhook_state = @state, webhook_next = @next WHERE id = @id", p =>
+        {
+            p("log", JsonSerializer.Serialize(log, JobRows.Json)); p("state", (int)state); p("id", id);
+            p("next", retryAfter is { } wait ? Now + (long)wait.TotalMilliseconds : null);
+        });
+    });
+
+    /// <summary>Appended to a SELECT that picks rows to change, where the database can skip rows other transactions hold (PostgreSQL).</summary>
+    protected virtual string SkipLocked => "";
+
+    static List<string> Ids(DbConnection c, DbTransaction tx, string sql, Action<Action<string, object?>> bind)
+    {
+        using var cmd = Command(c, tx, sql, bind);
+        using var r = cmd.ExecuteReader();
+        var ids = new List<string>();
+        while (r.Read()) ids.Add(r.GetString(0));
+        return ids;
+    }
 
     public JobImage? GetImage(string id, int index)
     {

@@ -49,10 +49,7 @@ public sealed class LoraLibrary : IDisposable
     public async Task<LoraLease> AcquireAsync(ServedModel model, IReadOnlyList<RequestedLora> requested, CancellationToken cancellationToken)
     {
         if (requested.Count == 0) return LoraLease.None;
-        int max = model.Pipeline.Options.MaxLorasPerRequest;
-        if (requested.Count > max)
-            throw ServiceException.Invalid("loras", $"loras: {requested.Count} adapters given, at most {max} are allowed");
-        var files = requested.Select((r, i) => Locate(r.Name, i)).ToList();
+        var files = Check(model, requested);
         var lease = new LoraLease(this);
         try
         {
@@ -76,6 +73,15 @@ public sealed class LoraLibrary : IDisposable
             lease.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The adapters' files, after the count and name checks of <see cref="AcquireAsync"/> (nothing is loaded).</summary>
+    public IReadOnlyList<(string Name, string Path)> Check(ServedModel model, IReadOnlyList<RequestedLora> requested)
+    {
+        int max = model.Pipeline.Options.MaxLorasPerRequest;
+        if (requested.Count > max)
+            throw ServiceException.Invalid("loras", $"loras: {requested.Count} adapters given, at most {max} are allowed");
+        return requested.Select((r, i) => Locate(r.Name, i)).ToList();
     }
 
     /// <summary>The folder's adapters, each with what is loaded of it per model.</summary>

@@ -49,6 +49,7 @@ public sealed class ServerMetrics
         loraBytes = f.CreateGauge("inference_lora_loaded_bytes", "Bytes of loaded LoRA adapters (cached or held by requests).");
         processMemory = f.CreateGauge("inference_process_resident_bytes", "Resident set size of the server process.");
         managedMemory = f.CreateGauge("inference_managed_heap_bytes", "Managed heap size.");
+        Jobs = new JobMetrics(f);
         Registry.AddBeforeCollectCallback(() =>
         {
             using var p = Process.GetCurrentProcess();
@@ -56,6 +57,9 @@ public sealed class ServerMetrics
             managedMemory.Set(GC.GetTotalMemory(false));
         });
     }
+
+    /// <summary>Durable jobs.</summary>
+    public JobMetrics Jobs { get; }
 
     public void QueueDepth(int depth) => queueDepth.Set(depth);
     public void ReferenceBytes(long bytes) => referenceBytes.Set(bytes);

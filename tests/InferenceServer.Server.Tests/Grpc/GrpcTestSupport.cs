@@ -1,3 +1,5 @@
+using JobEvent = InferenceServer.Server.Engine.JobEvent;
+using JobResult = InferenceServer.Server.Engine.JobResult;
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using Google.Protobuf;
@@ -30,6 +32,7 @@ public sealed class RecordingGenerator(ImageScheduler inner) : IImageGenerator
     public bool Ready => inner.Ready;
     public string Phase => inner.Phase;
     public event Action? ReadinessChanged { add => inner.ReadinessChanged += value; remove => inner.ReadinessChanged -= value; }
+    public JobPlan Plan(ImageJobRequest request) => inner.Plan(request);
 
     public async Task<JobResult> GenerateAsync(ImageJobRequest request, Action<JobEvent>? onEvent = null, CancellationToken cancellationToken = default)
     {

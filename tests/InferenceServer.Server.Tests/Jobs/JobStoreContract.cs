@@ -151,7 +151,11 @@ public abstract class JobStoreContract : IDisposable
         store.Cancel(ids[0].Id);
         Assert.Single(store.List(new JobQuery(Status: JobStatus.Cancelled)));
         time.Advance(TimeSpan.FromHours(25));
-        Assert.Equal(1, store.DeleteFinishedBefore(time.GetUtcNow() - TimeSpan.FromHours(24)));
+        Assert.Equal(1, store.Expire(time.GetUtcNow() - TimeSpan.FromHours(24), long.MaxValue, time.GetUtcNow() - TimeSpan.FromDays(7)));
+        Assert.True(store.Get(ids[0].Id)!.Expired);                         // a tombstone: GET can say it expired
+        Assert.Empty(store.List(new JobQuery(Status: JobStatus.Cancelled)));
+        time.Advance(TimeSpan.FromDays(7));
+        store.Expire(time.GetUtcNow() - TimeSpan.FromHours(24), long.MaxValue, time.GetUtcNow() - TimeSpan.FromDays(7));
         Assert.Null(store.Get(ids[0].Id));
         Assert.NotNull(store.Get(ids[1].Id));                               // still queued: never expired
     }

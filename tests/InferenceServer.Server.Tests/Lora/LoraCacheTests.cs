@@ -1,3 +1,5 @@
+using JobEvent = InferenceServer.Server.Engine.JobEvent;
+using JobResult = InferenceServer.Server.Engine.JobResult;
 using InferenceServer.Client;
 using InferenceServer.Client.V1;
 using InferenceServer.Server.Engine;
@@ -104,6 +106,7 @@ public sealed class LoraCacheTests
         public bool Ready => inner.Ready;
         public string Phase => inner.Phase;
         public event Action? ReadinessChanged { add => inner.ReadinessChanged += value; remove => inner.ReadinessChanged -= value; }
+        public JobPlan Plan(ImageJobRequest request) => inner.Plan(request);
 
         public Task<JobResult> GenerateAsync(ImageJobRequest request, Action<JobEvent>? onEvent = null, CancellationToken cancellationToken = default) =>
             inner.GenerateAsync(request, e =>

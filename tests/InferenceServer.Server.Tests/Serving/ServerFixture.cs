@@ -59,6 +59,8 @@ public sealed class RunningServer : IAsyncDisposable
             o.BindAddress = "127.0.0.1";
             o.HttpPort = 0;
             o.GrpcPort = 0;
+            // Each server its own job store (SQLite in a fresh folder, removed with the server): no test sees another's jobs.
+            o.Jobs.DataDirectory = Directory.CreateTempSubdirectory("server-jobs-").FullName;
             configure?.Invoke(o);
         }, customize);
 
@@ -74,7 +76,9 @@ public sealed class RunningServer : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        string? jobs = App.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<ServerOptions>>().Value.Jobs.DataDirectory;
         await App.StopAsync();
         await App.DisposeAsync();
+        if (jobs is not null && jobs.Contains("server-jobs-", StringComparison.Ordinal)) try { Directory.Delete(jobs, recursive: true); } catch (IOException) { }
     }
 }
