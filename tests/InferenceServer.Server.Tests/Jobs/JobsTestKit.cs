@@ -16,6 +16,8 @@ public sealed class SwitchableGenerator(ImageScheduler inner) : IImageGenerator
 {
     readonly ManualResetEventSlim released = new(false);
     public ConcurrentQueue<string> Started { get; } = new();
+    /// <summary>The cancellation token each run got, by job id (the last run's).</summary>
+    public ConcurrentDictionary<string, CancellationToken> Tokens { get; } = new();
     public SemaphoreSlim HeldAtStep { get; } = new(0);
     public IReadOnlyList<ModelDescriptor> Models => inner.Models;
     public bool Ready => inner.Ready;
@@ -28,6 +30,7 @@ public sealed class SwitchableGenerator(ImageScheduler inner) : IImageGenerator
     public Task<JobResult> GenerateAsync(ImageJobRequest request, Action<JobEvent>? onEvent = null, CancellationToken cancellationToken = default)
     {
         Started.Enqueue(request.RequestId);
+        Tokens[request.RequestId] = cancellationToken;
         if (request.Generation.Prompt.Contains("explode", StringComparison.Ordinal))
             throw new InvalidOperationException("the test generator exploded");
         bool hold = request.Generation.Prompt.Contains("hold", StringComparison.Ordinal);
@@ -81,6 +84,16 @@ static class JobsHttp
             else if (line.StartsWith("data: ", StringComparison.Ordinal)) events.Add((type!, JsonDocument.Parse(line[6..]).RootElement.Clone()));
         }
         return events;
+    }
+
+    /// <summary>Follows the job's events until one of <paramref name="type"/> arrives (the stream is then left).</summary>
+    public static async Task UntilEvent(HttpClient http, string id, string type)
+    {
+        using var response = await http.GetAsync($"/v1/jobs/{id}/events", HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        while (await reader.ReadLineAsync() is { } line)
+            if (line == "event: " + type) return;
+        throw new Xunit.Sdk.XunitException($"job {id} ended without a '{type}' event");
     }
 
     /// <summary>Waits (by following its events) until the job is terminal; returns its final JSON.</summary>

@@ -29,9 +29,24 @@ public sealed class PostgresServer : IDisposable
         if (asPostgres) Run("chown", "-R", "postgres:postgres", root);
         RunAs(Path.Combine(bin, "initdb"), "-D", Data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync");
         using (var probe = new TcpListener(IPAddress.Loopback, 0)) { probe.Start(); Port = ((IPEndPoint)probe.LocalEndpoint).Port; }
-        RunAs(Path.Combine(bin, "pg_ctl"), "-D", Data, "-l", Path.Combine(root, "server.log"), "-w", "-t", "120",
-            "-o", $"-p {Port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c max_connections=200", "start");
+        Start();
     }
+
+    void Start() => RunAs(Path.Combine(bin, "pg_ctl"), "-D", Data, "-l", Path.Combine(root, "server.log"), "-w", "-t", "120",
+        "-o", $"-p {Port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c max_connections=200", "start");
+
+    /// <summary>
+    /// Stops the server at once (<c>-m immediate</c>: every connection dropped, as a crash would) and starts it again on the
+    /// same port; returns once it accepts connections.
+    /// </summary>
+    public void Restart()
+    {
+        RunAs(Path.Combine(bin, "pg_ctl"), "-D", Data, "-m", "immediate", "-w", "stop");
+        Start();
+    }
+
+    /// <summary>An Npgsql connection string for database <paramref name="name"/>.</summary>
+    public string ConnectionStringFor(string name) => ConnectionString(name);
 
     /// <summary>A new, empty database and its connection string (each test gets its own).</summary>
     public string CreateDatabase()

@@ -14,7 +14,7 @@ namespace InferenceServer.Tests.Jobs;
 /// <summary>Signed webhook deliveries to a real receiver on loopback, and the guard that keeps them off private addresses.</summary>
 public sealed class WebhookTests
 {
-    static readonly string Secret = "whsec_" + Convert.ToBase64String(RandomNumberGenerator.GetBytes(24));
+    internal static readonly string Secret = "whsec_" + Convert.ToBase64String(RandomNumberGenerator.GetBytes(24));
 
     [Theory]
     [InlineData("127.0.0.1")]
@@ -56,11 +56,17 @@ public sealed class WebhookTests
     public void Bad_urls_are_named(string url, string why) => Assert.Contains(why, WebhookGuard.CheckUrl(url));
 
     /// <summary>A receiver on a free loopback port that verifies each delivery with the Standard Webhooks library.</summary>
-    sealed class Receiver : IAsyncDisposable
+    internal sealed class Receiver : IAsyncDisposable
     {
         readonly WebApplication app;
+        readonly SemaphoreSlim arrived = new(0);
         public List<(string Body, bool Verified)> Got { get; } = [];
         public int Status { get; set; } = 204;
+        /// <summary>Answers for the next deliveries, in order; <see cref="Status"/> once they are used.</summary>
+        public Queue<int> Next { get; } = new();
+
+        /// <summary>Waits for the next delivery (the test's timeout bounds it).</summary>
+        public Task NextDelivery() => arrived.WaitAsync();
         public string Url { get; }
 
         Receiver(WebApplication app, string url) { this.app = app; Url = url; }
@@ -77,8 +83,14 @@ public sealed class WebhookTests
                 bool verified;
                 try { new StandardWebhook(Secret).Verify(body, ctx.Request.Headers); verified = true; }
                 catch (StandardWebhooks.Diagnostics.WebhookVerificationException) { verified = false; }
-                lock (self!.Got) self.Got.Add((body, verified));
-                return Results.StatusCode(self.Status);
+                int status;
+                lock (self!.Got)
+                {
+                    self.Got.Add((body, verified));
+                    status = self.Next.TryDequeue(out int next) ? next : self.Status;
+                }
+                self.arrived.Release();
+                return Results.StatusCode(status);
             });
             await app.StartAsync();
             string address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
