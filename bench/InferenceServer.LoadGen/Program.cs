@@ -7,6 +7,7 @@ using InferenceServer.LoadGen;
 // loadgen open   --target URL --rate 2,5,10 --duration 30 ...
 // loadgen in-process --model DIR [--dtype fp32] ...      (the pipeline without a server: the overhead baseline)
 // loadgen plot --out latency.png FILE.json...
+// loadgen jobs --target URL --http URL [--jobs 10000] [--chunk 500] [--submit-concurrency 16] [--latency-samples 50]
 var json = new JsonSerializerOptions { WriteIndented = true };
 var target = new Option<string>("--target") { Description = "gRPC address", DefaultValueFactory = _ => "http://127.0.0.1:50051" };
 var apiKey = new Option<string?>("--api-key") { Description = "Sent as authorization: Bearer KEY" };
@@ -66,5 +67,28 @@ plot.SetAction(r =>
     Plot.Png(runs, r.GetValue(png)!);
     Console.WriteLine($"{r.GetValue(png)}: {runs.Count} runs");
 });
-var root = new RootCommand("InferenceServer load generator") { closed, open, inProcess, plot };
+var jobCount = new Option<int>("--jobs") { Description = "Jobs to submit", DefaultValueFactory = _ => 10_000 };
+var chunk = new Option<int>("--chunk") { Description = "Jobs per SubmitJobs call (the first half of the jobs)", DefaultValueFactory = _ => 500 };
+var httpTarget = new Option<string>("--http") { Description = "The server's HTTP address (for /metrics)", DefaultValueFactory = _ => "http://127.0.0.1:8080" };
+var samples = new Option<int>("--latency-samples") { Description = "Sequential live requests and jobs compared for latency", DefaultValueFactory = _ => 50 };
+var submitConcurrency = new Option<int>("--submit-concurrency") { Description = "Concurrent SubmitJob calls (the second half of the jobs)", DefaultValueFactory = _ => 16 };
+var jobsCommand = new Command("jobs", "Durable jobs: submit throughput (chunked and one per call), drain rate, claim time, and the latency a job adds over a live request")
+    { target, httpTarget, jobCount, chunk, submitConcurrency, samples, steps, sizes, output };
+jobsCommand.SetAction(async r =>
+{
+    var f = await JobsBench.RunAsync(r.GetValue(target)!, r.GetValue(httpTarget)!, r.GetValue(jobCount), r.GetValue(chunk), r.GetValue(submitConcurrency),
+        r.GetValue(samples), r.GetValue(steps), r.GetValue(sizes)!);
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"""
+        jobs                      {f.Jobs}
+        submit, chunked           {f.SubmitJobsPerSecondChunked:F0} jobs/s
+        submit, one per call      {f.SubmitJobsPerSecondSingle:F0} jobs/s
+        drain                     {f.DrainSeconds:F1} s ({f.RunJobsPerSecond:F1} jobs/s)
+        claim (server, mean)      {f.ClaimMsMean:F2} ms per batch
+        live  latency p50 / p99   {f.LiveMs.P50:F1} / {f.LiveMs.P99:F1} ms
+        job   latency p50 / p99   {f.JobMs.P50:F1} / {f.JobMs.P99:F1} ms (submit, watch to succeeded, fetch images)
+        added by the job path     {f.JobMs.P50 - f.LiveMs.P50:F1} ms p50, {f.JobMs.P99 - f.LiveMs.P99:F1} ms p99
+        """));
+    if (r.GetValue(output) is { } file) File.WriteAllText(file, JsonSerializer.Serialize(f, json));
+});
+var root = new RootCommand("InferenceServer load generator") { closed, open, inProcess, plot, jobsCommand };
 return await root.Parse(args).InvokeAsync();

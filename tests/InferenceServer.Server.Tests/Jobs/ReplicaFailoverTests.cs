@@ -32,7 +32,8 @@ public sealed class ReplicaFailoverTests(PostgresServer postgres, ITestOutputHel
 
     static SubmitJobRequest Frame(int i) => new()
     {
-        Request = new GenerateRequest { Prompt = $"frame {i}", Width = 64, Height = 64, Steps = 2, Seed = 1000 + i },
+        // Ten prompts, 200 seeds: a render farm's shot (text encodings are cached, so the test spends its time on the jobs).
+        Request = new GenerateRequest { Prompt = $"shot sh010, camera {i % 10}", Width = 64, Height = 64, Steps = 2, Seed = 1000 + i },
         Batch = "shot", IdempotencyKey = $"frame-{i}", Labels = { ["frame"] = $"{i:D4}" },
     };
 
@@ -54,18 +55,21 @@ public sealed class ReplicaFailoverTests(PostgresServer postgres, ITestOutputHel
                 submitted.AddRange((await jobs.SubmitJobsAsync(call)).Jobs.Select(j => j.Job));
             }
             Assert.Equal(200, submitted.Select(j => j.Id).Distinct().Count());
+            var submittedAt = DateTime.UtcNow;
 
             // Kill r2 while it holds jobs: they go back to the queue when its lease expires and others run them.
             await Until(async () => (await jobs.ListJobsAsync(new ListJobsRequest { Status = JobState.Running, Limit = 1000 })).Jobs.Any(j => j.Replica == "r2"), "r2 never ran a job");
             var heldByR2 = (await jobs.ListJobsAsync(new ListJobsRequest { Status = JobState.Running, Limit = 1000 })).Jobs.Where(j => j.Replica == "r2").Select(j => j.Id).ToList();
             var killedAt = DateTime.UtcNow;
+            output.WriteLine($"r2 ran a job {(killedAt - submittedAt).TotalSeconds:0.0} s after submission");
             await replicas[1].KillAsync();
             output.WriteLine($"killed r2 holding {heldByR2.Count} jobs");
 
             // The database crashes and comes back while r1 and r3 run: they reconnect and carry on.
             await Until(async () => (await jobs.GetBatchAsync(new GetBatchRequest { Batch = "shot" })).Succeeded >= 120, "work stalled before the database restart");
+            output.WriteLine($"120 succeeded {(DateTime.UtcNow - killedAt).TotalSeconds:0.0} s after the kill");
             postgres.Restart();
-            output.WriteLine("postgres restarted");
+            output.WriteLine($"postgres restarted {(DateTime.UtcNow - killedAt).TotalSeconds:0.0} s after the kill");
 
             Batch batch = null!;
             await Until(async () =>
@@ -74,6 +78,8 @@ public sealed class ReplicaFailoverTests(PostgresServer postgres, ITestOutputHel
                 catch (RpcException) { return false; }           // the database may still be coming back
                 return batch.Succeeded + batch.Failed + batch.Cancelled == 200;
             }, "not every job finished", TimeSpan.FromMinutes(6));
+            output.WriteLine($"200 finished {(DateTime.UtcNow - killedAt).TotalSeconds:0.0} s after the kill");
+            foreach (var r in new[] { replicas[0], replicas[2] }) output.WriteLine(string.Join('\n', r.Log().Where(l => l.Contains("warn") || l.Contains("fail") || l.Contains("reachable"))));
             Assert.Equal((200u, 0u), (batch.Succeeded, batch.Failed));
 
             // Each job has one result; r2's jobs were run again by a live replica.
