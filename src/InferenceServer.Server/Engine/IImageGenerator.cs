@@ -29,7 +29,7 @@ public sealed record ImageJobRequest
 /// <summary>What a durable job will run as, checked when it is submitted: its model, batch key and pinned seed.</summary>
 /// <param name="BatchKey">Jobs with equal model and key can share one engine batch.</param>
 /// <param name="Seed">The request's seed, or the one drawn for it: every attempt of the job makes the same images.</param>
-public sealed record JobPlan(string Model, string BatchKey, long Seed);
+public sealed record JobPlan(string Model, string BatchKey, long Seed, int Steps);
 
 /// <summary>Events of one job, in order: <see cref="Queued"/> (once, at admission), then <see cref="Progress"/> per step.</summary>
 public abstract record JobEvent

@@ -183,7 +183,7 @@ public sealed class ImageScheduler : IImageGenerator, IHostedService, IDisposabl
         catch (RequestException e) { throw ServiceException.FromRequest(e); }
         var k = prepared.Key;
         string key = string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{k.Width}x{k.Height}/{k.Steps}/{k.Guidance}/{k.References}");
-        return new JobPlan(model.Name, key, prepared.Seed);
+        return new JobPlan(model.Name, key, prepared.Seed, prepared.Steps);
     }
 
     /// <summary>A queue slot for a request being prepared (or 429 at once); see <see cref="Reservation"/>.</summary>

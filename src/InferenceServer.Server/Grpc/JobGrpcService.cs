@@ -65,18 +65,12 @@ public sealed class JobGrpcService(IServiceProvider services, IOptions<ServerOpt
 
     public override Task<GetJobImagesResponse> GetJobImages(GetJobImagesRequest request, ServerCallContext context)
     {
-        var q = Queue;
-        var job = q.Get(request.Id).Job;
-        var indexes = request.Indexes.Count > 0 ? request.Indexes.Select(i => (int)Math.Min(i, int.MaxValue)).ToList() : Enumerable.Range(0, job.ImageCount).ToList();
         var response = new GetJobImagesResponse();
-        foreach (int i in indexes)
-        {
-            var image = q.Image(request.Id, i);
+        foreach (var image in Queue.Images(request.Id, request.Indexes.Select(i => (int)Math.Min(i, int.MaxValue)).ToList(), "indexes"))
             response.Images.Add(new GeneratedImage
             {
                 Data = UnsafeByteOperations.UnsafeWrap(image.Bytes), MimeType = image.MimeType, Width = (uint)image.Width, Height = (uint)image.Height, Seed = image.Seed,
             });
-        }
         return Task.FromResult(response);
     }
 

@@ -10,6 +10,9 @@ public interface IJobStore : IDisposable
     /// <summary>A new queued job, or (Created false) the owner's job with the same idempotency key submitted within the idempotency window.</summary>
     (JobRecord Job, bool Created) Submit(JobSubmission submission);
 
+    /// <summary>Several submissions in one transaction: all are queued (or found by their idempotency keys), or none.</summary>
+    IReadOnlyList<(JobRecord Job, bool Created)> SubmitMany(IReadOnlyList<JobSubmission> submissions);
+
     JobRecord? Get(string id);
 
     /// <summary>Jobs matching <paramref name="query"/>, in submission order, after its cursor.</summary>

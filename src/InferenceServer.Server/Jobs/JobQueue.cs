@@ -57,12 +57,21 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
             throw new ServiceException(ErrorKind.ResourceExhausted,
                 $"this API key has {queued} queued jobs; {submissions.Count} more would pass its limit of {o.MaxQueuedPerKey} (InferenceServer:Jobs:MaxQueuedPerKey)",
                 retryAfter: TimeSpan.FromSeconds(30));
-        var result = new List<(JobView, bool)>(submissions.Count);
-        foreach (var s in submissions)
+        var stored = store.SubmitMany(submissions);
+        metrics.Jobs.Submitted(stored.Count(s => s.Created));
+        // Positions: one count per (model, priority) of the call; the call's later new jobs of a group queue right behind its first.
+        var next = new Dictionary<(string, int), int>();
+        var result = new List<(JobView, bool)>(stored.Count);
+        foreach (var (job, created) in stored)
         {
-            var (job, created) = store.Submit(s);
-            if (created) metrics.Jobs.Submitted();
-            result.Add((new JobView(job, store.QueuePosition(job)), created));
+            int position = 0;
+            if (job.Status == JobStatus.Queued)
+            {
+                var group = (job.Submission.Model, job.Submission.Priority);
+                if (!created || !next.TryGetValue(group, out position)) position = store.QueuePosition(job);
+                if (created) next[group] = position + 1;
+            }
+            result.Add((new JobView(job, position), created));
         }
         return result;
     }
@@ -93,7 +102,7 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
         return new JobSubmission(owner, JobRequestCodec.Encode(request, plan.Seed), plan.Model, plan.BatchKey)
         {
             Priority = f.Priority, IdempotencyKey = f.IdempotencyKey, WebhookUrl = f.WebhookUrl, Labels = f.Labels, Batch = f.Batch,
-            MaxAttempts = f.MaxAttempts ?? 3,
+            MaxAttempts = f.MaxAttempts ?? 3, Steps = plan.Steps,
         };
     }
 
@@ -115,13 +124,16 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
         return new JobView(job, store.QueuePosition(job));
     }
 
-    public JobImage Image(string id, int index)
+    public JobImage Image(string id, int index) => Images(id, [index], "index")[0];
+
+    /// <summary>Images of a succeeded job (all when <paramref name="indexes"/> is empty); 404 naming <paramref name="field"/> otherwise.</summary>
+    public IReadOnlyList<JobImage> Images(string id, IReadOnlyList<int> indexes, string field)
     {
         var job = Get(id).Job;
         if (job.Status != JobStatus.Succeeded)
-            throw new ServiceException(ErrorKind.NotFound, $"job {id} is {Name(job.Status)}: images exist once it succeeded", "index");
-        return store.GetImage(id, index)
-            ?? throw new ServiceException(ErrorKind.NotFound, $"job {id} has {job.ImageCount} images (0 to {job.ImageCount - 1}); there is no image {index}", "index");
+            throw new ServiceException(ErrorKind.NotFound, $"job {id} is {Name(job.Status)}: images exist once it succeeded", field);
+        return (indexes.Count == 0 ? Enumerable.Range(0, job.ImageCount) : indexes).Select(i => store.GetImage(id, i)
+            ?? throw new ServiceException(ErrorKind.NotFound, $"job {id} has {job.ImageCount} images (0 to {job.ImageCount - 1}); there is no image {i}", field)).ToList();
     }
 
     /// <summary>One page, oldest first, and the token of the next (null on the last page).</summary>

@@ -21,6 +21,8 @@ public sealed record JobSubmission(string Owner, byte[] Request, string Model, s
     public IReadOnlyDictionary<string, string> Labels { get; init; } = new Dictionary<string, string>();
     /// <summary>A group id for many jobs (a shot, a catalogue).</summary>
     public string? Batch { get; init; }
+    /// <summary>Sampling steps it will run (shown as progress 0 of N before its first step).</summary>
+    public int Steps { get; init; }
     /// <summary>Runs allowed before the job fails for good (a replica dying mid-run counts as one).</summary>
     public int MaxAttempts { get; init; } = 3;
 }

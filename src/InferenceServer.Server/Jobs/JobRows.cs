@@ -19,6 +19,7 @@ internal static class JobRows
             Labels = JsonSerializer.Deserialize<Dictionary<string, string>>(S("labels")!)!,
             Batch = S("batch"),
             MaxAttempts = (int)L("max_attempts")!.Value,
+            Steps = (int)L("steps")!.Value,
         };
         return new JobRecord(S("id")!, (JobStatus)L("status")!.Value, submission)
         {

@@ -120,18 +120,30 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
             p("s", (int)JobStatus.Succeeded); p("f", (int)JobStatus.Failed); p("c", (int)JobStatus.Cancelled);
         });
 
-    public (JobRecord Job, bool Created) Submit(JobSubmission s)
+    public (JobRecord Job, bool Created) Submit(JobSubmission s) => SubmitMany([s])[0];
+
+    /// <summary>Announced to runners once per submission call ("new work"); watchers follow ids, and no one watches a job before it exists.</summary>
+    public const string NewWork = "+";
+
+    public IReadOnlyList<(JobRecord Job, bool Created)> SubmitMany(IReadOnlyList<JobSubmission> submissions)
     {
-        if (s.MaxAttempts < 1) throw new ArgumentOutOfRangeException(nameof(s), "max_attempts must be at least 1");
+        if (submissions.Any(s => s.MaxAttempts < 1)) throw new ArgumentOutOfRangeException(nameof(submissions), "max_attempts must be at least 1");
         while (true)
         {
             try
             {
-                var submitted = Write((c, tx) => { var r = SubmitIn(c, tx, s); Notify(c, tx, r.Item1.Id); return r; });
-                Raise(submitted.Item1.Id);
+                // One transaction for the call: one commit (one fsync) for a thousand jobs, and all or none are queued.
+                var submitted = Write((c, tx) =>
+                {
+                    var r = submissions.Select(s => SubmitIn(c, tx, s)).ToList();
+                    Notify(c, tx, NewWork);
+                    return r;
+                });
+                Raise(NewWork);
                 return submitted;
             }
-            catch (Exception e) when (s.IdempotencyKey is not null && IsUniqueViolation(e)) { } // another replica inserted the key first: the next look finds its job
+            // Another replica inserted one of the keys first: the next try finds its job.
+            catch (Exception e) when (submissions.Any(s => s.IdempotencyKey is not null) && IsUniqueViolation(e)) { }
         }
     }
 
@@ -150,14 +162,14 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
         }
         string id = JobRows.NewId();
         Execute(c, tx, $"""
-            INSERT INTO jobs (id, owner, idempotency_key, status, priority, model, batch_key, batch, labels, webhook_url, request, max_attempts, created, webhook_state)
-            VALUES (@id, @owner, @key, @status, @priority, @model, @batch_key, @batch, CAST(@labels AS {JsonType}), @webhook, @request, @max, @now, @webhook_state)
+            INSERT INTO jobs (id, owner, idempotency_key, status, priority, model, batch_key, batch, labels, webhook_url, request, max_attempts, created, webhook_state, steps)
+            VALUES (@id, @owner, @key, @status, @priority, @model, @batch_key, @batch, CAST(@labels AS {JsonType}), @webhook, @request, @max, @now, @webhook_state, @steps)
             """, p =>
         {
             p("id", id); p("owner", s.Owner); p("key", s.IdempotencyKey); p("status", (int)JobStatus.Queued); p("priority", s.Priority);
             p("model", s.Model); p("batch_key", s.BatchKey); p("batch", s.Batch); p("labels", JsonSerializer.Serialize(s.Labels));
             p("webhook", s.WebhookUrl); p("request", s.Request); p("max", s.MaxAttempts); p("now", now);
-            p("webhook_state", s.WebhookUrl is null ? null : (int)WebhookState.Waiting);
+            p("webhook_state", s.WebhookUrl is null ? null : (int)WebhookState.Waiting); p("steps", s.Steps);
         });
         return (Row(c, tx, id)!, true);
     }
@@ -225,7 +237,7 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
     }
 
     /// <summary>The UPDATE that leases claimed rows (shared by the claims; bind @running, @replica, @until, @now).</summary>
-    protected const string LeaseSet = "status = @running, replica = @replica, lease_until = @until, attempts = attempts + 1, started = COALESCE(started, @now), step = 0, steps = 0";
+    protected const string LeaseSet = "status = @running, replica = @replica, lease_until = @until, attempts = attempts + 1, started = COALESCE(started, @now), step = 0";
 
     public JobRecord? Renew(string id, string replica, TimeSpan lease, int step, int steps) => WriteJob(id, (c, tx) =>
         Execute(c, tx, "UPDATE jobs SET lease_until = @until, step = @step, steps = @steps WHERE id = @id AND status = @running AND replica = @replica", p =>
@@ -272,7 +284,7 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
     }
 
     public bool Release(string id, string replica) => WriteJob(id, (c, tx) => Execute(c, tx,
-        "UPDATE jobs SET status = @queued, replica = NULL, lease_until = NULL, attempts = attempts - 1, step = 0, steps = 0 WHERE id = @id AND status = @running AND replica = @replica",
+        "UPDATE jobs SET status = @queued, replica = NULL, lease_until = NULL, attempts = attempts - 1, step = 0 WHERE id = @id AND status = @running AND replica = @replica",
         p => { p("queued", (int)JobStatus.Queued); p("id", id); p("running", (int)JobStatus.Running); p("replica", replica); }) == 1);
 
     public bool Cancelled(string id, string replica) => WriteJob(id, (c, tx) => Execute(c, tx,

@@ -29,7 +29,7 @@ public sealed class JobMetrics
             new CounterConfiguration { LabelNames = ["result"] });
     }
 
-    public void Submitted() => submitted.Inc();
+    public void Submitted(int count) => submitted.Inc(count);
     public void Claimed(double seconds) => claimSeconds.Observe(seconds);
     public void Finished(string outcome) => finished.WithLabels(outcome).Inc();
     public void LeasesExpired(int count) => leaseExpiries.Inc(count);

@@ -176,4 +176,67 @@ public abstract class JobStoreContract : IDisposable
         Assert.Equal(ids.Count, taken.Count);
         Assert.True(ids.SetEquals(taken));
     }
+
+    [Fact]
+    public void SubmitMany_queues_a_call_in_one_transaction_and_a_released_job_keeps_its_attempt()
+    {
+        var jobs = store.SubmitMany([Job("a"), Job("b") with { IdempotencyKey = "k" }, Job("c")]);
+        Assert.All(jobs, j => Assert.True(j.Created));
+        Assert.False(store.SubmitMany([Job("b again") with { IdempotencyKey = "k" }])[0].Created);
+        Assert.Equal(2, store.QueuePosition(jobs[2].Job));
+        var claimed = store.Claim("r1", ["tiny"], 1, Lease)[0];
+        Assert.True(store.Release(claimed.Id, "r1"));
+        var back = store.Get(claimed.Id)!;
+        Assert.Equal((JobStatus.Queued, 0, (string?)null), (back.Status, back.Attempts, back.Replica));
+        Assert.False(store.Release(claimed.Id, "r1"));                      // not held any more
+    }
+
+    [Fact]
+    public void A_webhook_is_armed_by_the_terminal_state_claimed_by_one_caller_and_retried_until_delivered_or_given_up()
+    {
+        var job = store.Submit(Job("hooked") with { WebhookUrl = "https://hooks.example/x" }).Job;
+        Assert.Equal(WebhookState.Waiting, job.Webhook);
+        Assert.Empty(store.ClaimWebhooks(10, TimeSpan.FromMinutes(1)));     // not finished yet
+        store.Claim("r1", ["tiny"], 1, Lease);
+        store.Complete(job.Id, "r1", Result(1));
+        var due = Assert.Single(store.ClaimWebhooks(10, TimeSpan.FromMinutes(1)));
+        Assert.Equal(job.Id, due.Id);
+        Assert.Empty(store.ClaimWebhooks(10, TimeSpan.FromMinutes(1)));     // held by the first caller
+        store.RecordDelivery(job.Id, new WebhookDelivery(time.GetUtcNow(), 500, null), TimeSpan.FromSeconds(10));
+        Assert.Empty(store.ClaimWebhooks(10, TimeSpan.FromMinutes(1)));     // the retry is not due yet
+        time.Advance(TimeSpan.FromSeconds(11));
+        Assert.Single(store.ClaimWebhooks(10, TimeSpan.FromMinutes(1)));
+        store.RecordDelivery(job.Id, new WebhookDelivery(time.GetUtcNow(), 204, null), null);
+        var delivered = store.Get(job.Id)!;
+        Assert.Equal(WebhookState.Delivered, delivered.Webhook);
+        Assert.Equal([500, 204], delivered.WebhookDeliveries.Select(d => d.Status!.Value));
+
+        var refused = store.Submit(Job("refused") with { WebhookUrl = "https://hooks.example/y" }).Job;
+        store.Cancel(refused.Id);                                           // cancelled while queued: terminal too
+        Assert.Single(store.ClaimWebhooks(10, TimeSpan.FromMinutes(1)));
+        store.RecordDelivery(refused.Id, new WebhookDelivery(time.GetUtcNow(), null, "refused"), null);
+        Assert.Equal(WebhookState.GaveUp, store.Get(refused.Id)!.Webhook);
+    }
+
+    [Fact]
+    public void Past_the_result_byte_budget_the_oldest_results_expire_first()
+    {
+        var ids = new List<string>();
+        for (int i = 0; i < 3; i++)
+        {
+            var job = store.Submit(Job($"r{i}")).Job;
+            store.Claim("r1", ["tiny"], 1, Lease);
+            store.Complete(job.Id, "r1", Result(2));
+            ids.Add(job.Id);
+            time.Advance(TimeSpan.FromSeconds(1));
+        }
+        long each = store.Get(ids[0])!.ResultBytes;
+        Assert.True(each > 0);
+        var now = time.GetUtcNow();
+        Assert.Equal(1, store.Expire(now - TimeSpan.FromHours(24), 2 * each, now - TimeSpan.FromDays(8)));
+        Assert.True(store.Get(ids[0])!.Expired);
+        Assert.Null(store.GetImage(ids[0], 0));
+        Assert.False(store.Get(ids[1])!.Expired);
+        Assert.NotNull(store.GetImage(ids[2], 1));
+    }
 }
