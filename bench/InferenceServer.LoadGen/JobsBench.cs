@@ -50,14 +50,17 @@ public static class JobsBench
 
         // Drain: until every job of the batch finished.
         var drain = Stopwatch.StartNew();
+        var shown = Stopwatch.StartNew();
         Batch counts;
         do
         {
             await Task.Delay(500);
             counts = await client.GetBatchAsync(new GetBatchRequest { Batch = batch });
-            Console.Error.Write($"\r{counts.Succeeded + counts.Failed + counts.Cancelled}/{counts.Total} finished   ");
+            // A line every 10 s into a file or pipe; the same line redrawn on a terminal.
+            if (!Console.IsErrorRedirected) Console.Error.Write($"\r{counts.Succeeded + counts.Failed + counts.Cancelled}/{counts.Total} finished   ");
+            else if (shown.Elapsed > TimeSpan.FromSeconds(10)) { Console.Error.WriteLine($"{counts.Succeeded + counts.Failed + counts.Cancelled}/{counts.Total} finished"); shown.Restart(); }
         } while (counts.Queued + counts.Running > 0);
-        Console.Error.WriteLine();
+        if (!Console.IsErrorRedirected) Console.Error.WriteLine();
         double drainSeconds = drain.Elapsed.TotalSeconds;
         double claimMs = await ClaimMeanMsAsync(httpTarget);
 

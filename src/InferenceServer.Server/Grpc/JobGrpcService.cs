@@ -43,13 +43,13 @@ public sealed class JobGrpcService(IServiceProvider services, IOptions<ServerOpt
         return Task.FromResult(response);
     }
 
-    public override Task<Job> GetJob(GetJobRequest request, ServerCallContext context) => Task.FromResult(ToMessage(Queue.Get(request.Id)));
+    public override Task<Job> GetJob(GetJobRequest request, ServerCallContext context) => Task.FromResult(ToMessage(Queue.Get(Owner(context), request.Id)));
 
-    public override Task<Job> CancelJob(CancelJobRequest request, ServerCallContext context) => Task.FromResult(ToMessage(Queue.Cancel(request.Id)));
+    public override Task<Job> CancelJob(CancelJobRequest request, ServerCallContext context) => Task.FromResult(ToMessage(Queue.Cancel(Owner(context), request.Id)));
 
     public override async Task WatchJob(WatchJobRequest request, IServerStreamWriter<Client.V1.JobEvent> responseStream, ServerCallContext context)
     {
-        await foreach (var (type, view) in Queue.WatchAsync(request.Id, context.CancellationToken))
+        await foreach (var (type, view) in Queue.WatchAsync(Owner(context), request.Id, context.CancellationToken))
             await responseStream.WriteAsync(new Client.V1.JobEvent { Type = type, Job = ToMessage(view) }, context.CancellationToken);
     }
 
@@ -57,7 +57,7 @@ public sealed class JobGrpcService(IServiceProvider services, IOptions<ServerOpt
     {
         string? status = request.Status == JobState.Unspecified ? null
             : Enum.IsDefined(request.Status) ? request.Status.ToString() : throw ServiceException.Invalid("status", $"status: unknown value {(int)request.Status}");
-        var (jobs, next) = Queue.List(status, request.Batch, request.Label, request.Limit == 0 ? null : (int)Math.Min(request.Limit, int.MaxValue), request.PageToken, "page_token");
+        var (jobs, next) = Queue.List(Owner(context), status, request.Batch, request.Label, request.Limit == 0 ? null : (int)Math.Min(request.Limit, int.MaxValue), request.PageToken, "page_token");
         var response = new ListJobsResponse { NextPageToken = next ?? "" };
         response.Jobs.AddRange(jobs.Select(ToMessage));
         return Task.FromResult(response);
@@ -66,7 +66,7 @@ public sealed class JobGrpcService(IServiceProvider services, IOptions<ServerOpt
     public override Task<GetJobImagesResponse> GetJobImages(GetJobImagesRequest request, ServerCallContext context)
     {
         var response = new GetJobImagesResponse();
-        foreach (var image in Queue.Images(request.Id, request.Indexes.Select(i => (int)Math.Min(i, int.MaxValue)).ToList(), "indexes"))
+        foreach (var image in Queue.Images(Owner(context), request.Id, request.Indexes.Select(i => (int)Math.Min(i, int.MaxValue)).ToList(), "indexes"))
             response.Images.Add(new GeneratedImage
             {
                 Data = UnsafeByteOperations.UnsafeWrap(image.Bytes), MimeType = image.MimeType, Width = (uint)image.Width, Height = (uint)image.Height, Seed = image.Seed,
@@ -76,7 +76,7 @@ public sealed class JobGrpcService(IServiceProvider services, IOptions<ServerOpt
 
     public override Task<Batch> GetBatch(GetBatchRequest request, ServerCallContext context)
     {
-        var counts = Queue.Batch(request.Batch);
+        var counts = Queue.Batch(Owner(context), request.Batch);
         return Task.FromResult(new Batch
         {
             Batch_ = request.Batch, Queued = (uint)counts[JobStatus.Queued], Running = (uint)counts[JobStatus.Running], Succeeded = (uint)counts[JobStatus.Succeeded],

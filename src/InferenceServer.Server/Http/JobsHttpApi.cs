@@ -30,8 +30,8 @@ public static class JobsHttpApi
         var h = new Handlers(queue, options, app.Services.GetRequiredService<ServerMetrics>(), app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("InferenceServer.Jobs.Http"));
         app.MapPost("/v1/jobs", h.Submit);
         app.MapGet("/v1/jobs", h.List);
-        app.MapGet("/v1/jobs/{id}", (HttpContext c, string id) => h.Answer(c, () => h.Json(c, q => q.Get(id))));
-        app.MapPost("/v1/jobs/{id}/cancel", (HttpContext c, string id) => h.Answer(c, () => h.Json(c, q => q.Cancel(id))));
+        app.MapGet("/v1/jobs/{id}", (HttpContext c, string id) => h.Answer(c, () => h.Json(c, (q, owner) => q.Get(owner, id))));
+        app.MapPost("/v1/jobs/{id}/cancel", (HttpContext c, string id) => h.Answer(c, () => h.Json(c, (q, owner) => q.Cancel(owner, id))));
         app.MapGet("/v1/jobs/{id}/images/{index}", (HttpContext c, string id, string index) => h.Answer(c, () => h.Image(c, id, index)));
         app.MapGet("/v1/jobs/{id}/events", (HttpContext c, string id) => h.Answer(c, () => h.Events(c, id)));
         app.MapGet("/v1/batches/{batch}", (HttpContext c, string batch) => h.Answer(c, () => h.Batch(c, batch)));
@@ -73,17 +73,20 @@ public static class JobsHttpApi
         {
             var q = Queue;
             var read = await ImageRequestReader.ReadAsync(c, options, OpenAiHttpMiddleware.RequestId(c), c.RequestAborted, jobFields: true).ConfigureAwait(false);
-            var view = await Task.Run(() => q.Submit(ApiKeys.Owner(c.Request.Headers.Authorization), read.Job, read.JobFields!, out bool created)
+            var view = await Task.Run(() => q.Submit(Owner(c), read.Job, read.JobFields!, out bool created)
                 is var v ? (v, created) : default).ConfigureAwait(false);
             c.Response.StatusCode = view.created ? StatusCodes.Status202Accepted : StatusCodes.Status200OK;
             c.Response.Headers.Location = $"/v1/jobs/{view.v.Job.Id}";
             await WriteJob(c, view.v).ConfigureAwait(false);
         });
 
-        public async Task Json(HttpContext c, Func<JobQueue, JobView> read)
+        /// <summary>Who asks: each API key sees only its own jobs.</summary>
+        static string Owner(HttpContext c) => ApiKeys.Owner(c.Request.Headers.Authorization);
+
+        public async Task Json(HttpContext c, Func<JobQueue, string, JobView> read)
         {
             var q = Queue;
-            var view = await Task.Run(() => read(q)).ConfigureAwait(false);
+            var view = await Task.Run(() => read(q, Owner(c))).ConfigureAwait(false);
             await WriteJob(c, view).ConfigureAwait(false);
         }
 
@@ -99,7 +102,7 @@ public static class JobsHttpApi
             var q = Queue;
             if (!int.TryParse(index, NumberStyles.None, CultureInfo.InvariantCulture, out int i))
                 throw ServiceException.Invalid("index", $"index {ClientText.Quote(index)}: a number from 0 is expected");
-            var image = await Task.Run(() => q.Image(id, i)).ConfigureAwait(false);
+            var image = await Task.Run(() => q.Image(Owner(c), id, i)).ConfigureAwait(false);
             c.Response.ContentType = image.MimeType;
             c.Response.ContentLength = image.Bytes.Length;
             c.Response.Headers["X-Seed"] = image.Seed.ToString(CultureInfo.InvariantCulture);
@@ -114,7 +117,7 @@ public static class JobsHttpApi
             if (query["limit"].ToString() is { Length: > 0 } l)
                 limit = int.TryParse(l, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n
                     : throw ServiceException.Invalid("limit", $"limit {ClientText.Quote(l)}: use 1 to {JobQueue.MaxListLimit}");
-            var (jobs, next) = await Task.Run(() => q.List(query["status"], query["batch"], query["label"], limit, query["after"])).ConfigureAwait(false);
+            var (jobs, next) = await Task.Run(() => q.List(Owner(c), query["status"], query["batch"], query["label"], limit, query["after"])).ConfigureAwait(false);
             c.Response.ContentType = "application/json";
             await using var w = new Utf8JsonWriter(c.Response.Body);
             w.WriteStartObject();
@@ -130,7 +133,7 @@ public static class JobsHttpApi
         public async Task Batch(HttpContext c, string batch)
         {
             var q = Queue;
-            var counts = await Task.Run(() => q.Batch(batch)).ConfigureAwait(false);
+            var counts = await Task.Run(() => q.Batch(Owner(c), batch)).ConfigureAwait(false);
             c.Response.ContentType = "application/json";
             await using var w = new Utf8JsonWriter(c.Response.Body);
             w.WriteStartObject();
@@ -148,7 +151,7 @@ public static class JobsHttpApi
         {
             var q = Queue;
             var ct = c.RequestAborted;
-            await using var events = q.WatchAsync(id, ct).GetAsyncEnumerator(ct);
+            await using var events = q.WatchAsync(Owner(c), id, ct).GetAsyncEnumerator(ct);
             bool any = await events.MoveNextAsync().ConfigureAwait(false);   // an unknown id throws here, before the stream starts
             c.Response.ContentType = "text/event-stream";
             c.Response.Headers.CacheControl = "no-cache";

@@ -18,8 +18,8 @@ public interface IJobStore : IDisposable
     /// <summary>Jobs matching <paramref name="query"/>, in submission order, after its cursor.</summary>
     IReadOnlyList<JobRecord> List(JobQuery query);
 
-    /// <summary>Jobs of a batch per status.</summary>
-    IReadOnlyDictionary<JobStatus, int> BatchCounts(string batch);
+    /// <summary>Jobs of a batch per status (of one owner when given; expired ones not counted).</summary>
+    IReadOnlyDictionary<JobStatus, int> BatchCounts(string batch, string? owner = null);
 
     /// <summary>Queued jobs (of one owner when given): the per-key limit and the queue-depth metric.</summary>
     int QueuedCount(string? owner = null);

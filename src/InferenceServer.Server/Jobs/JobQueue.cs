@@ -106,30 +106,33 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
         };
     }
 
-    /// <summary>The job; 404 for an unknown id, and 404 saying so for one whose retention ended.</summary>
-    public JobView Get(string id)
+    /// <summary>
+    /// The job; 404 for an unknown id or another API key's job (each key sees only its own jobs), and 404 saying so for one
+    /// whose retention ended.
+    /// </summary>
+    public JobView Get(string owner, string id)
     {
         var job = store.Get(id);
-        if (job is null) throw new ServiceException(ErrorKind.NotFound, $"no job {ClientText.Quote(id)}", "id");
+        if (job is null || job.Submission.Owner != owner) throw new ServiceException(ErrorKind.NotFound, $"no job {ClientText.Quote(id)}", "id");
         if (job.Expired)
             throw new ServiceException(ErrorKind.NotFound,
                 $"job {id} expired: it finished at {job.Finished:u} and finished jobs are kept {o.Retention.TotalHours:0.##} h (or less when results pass {o.MaxResultBytes:N0} bytes)", "id");
         return new JobView(job, store.QueuePosition(job));
     }
 
-    public JobView Cancel(string id)
+    public JobView Cancel(string owner, string id)
     {
-        Get(id);
+        Get(owner, id);
         var job = store.Cancel(id)!;
         return new JobView(job, store.QueuePosition(job));
     }
 
-    public JobImage Image(string id, int index) => Images(id, [index], "index")[0];
+    public JobImage Image(string owner, string id, int index) => Images(owner, id, [index], "index")[0];
 
     /// <summary>Images of a succeeded job (all when <paramref name="indexes"/> is empty); 404 naming <paramref name="field"/> otherwise.</summary>
-    public IReadOnlyList<JobImage> Images(string id, IReadOnlyList<int> indexes, string field)
+    public IReadOnlyList<JobImage> Images(string owner, string id, IReadOnlyList<int> indexes, string field)
     {
-        var job = Get(id).Job;
+        var job = Get(owner, id).Job;
         if (job.Status != JobStatus.Succeeded)
             throw new ServiceException(ErrorKind.NotFound, $"job {id} is {Name(job.Status)}: images exist once it succeeded", field);
         return (indexes.Count == 0 ? Enumerable.Range(0, job.ImageCount) : indexes).Select(i => store.GetImage(id, i)
@@ -137,7 +140,7 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
     }
 
     /// <summary>One page, oldest first, and the token of the next (null on the last page).</summary>
-    public (IReadOnlyList<JobView> Jobs, string? Next) List(string? status, string? batch, string? label, int? limit, string? pageToken, string afterField = "after")
+    public (IReadOnlyList<JobView> Jobs, string? Next) List(string owner, string? status, string? batch, string? label, int? limit, string? pageToken, string afterField = "after")
     {
         JobStatus? st = null;
         if (!string.IsNullOrEmpty(status))
@@ -153,7 +156,7 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
         int n = limit ?? 100;
         if (n is < 1 or > MaxListLimit) throw ServiceException.Invalid("limit", $"limit {n}: use 1 to {MaxListLimit}");
         long after = string.IsNullOrEmpty(pageToken) ? 0 : ParseToken(pageToken, afterField);
-        var page = store.List(new JobQuery(st, string.IsNullOrEmpty(batch) ? null : batch, byLabel, n + 1, after));
+        var page = store.List(new JobQuery(st, string.IsNullOrEmpty(batch) ? null : batch, byLabel, n + 1, after, owner));
         var jobs = page.Take(n).Select(j => new JobView(j, store.QueuePosition(j))).ToList();
         return (jobs, page.Count > n ? Token(jobs[^1].Job.Sequence) : null);
     }
@@ -173,9 +176,9 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
     }
 
     /// <summary>Jobs of a batch per state; 404 when the batch has none.</summary>
-    public IReadOnlyDictionary<JobStatus, int> Batch(string batch)
+    public IReadOnlyDictionary<JobStatus, int> Batch(string owner, string batch)
     {
-        var counts = store.BatchCounts(batch);
+        var counts = store.BatchCounts(batch, owner);
         if (counts.Values.Sum() == 0) throw new ServiceException(ErrorKind.NotFound, $"no jobs in batch {ClientText.Quote(batch)}", "batch");
         return counts;
     }
@@ -185,14 +188,14 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
     /// state. Changes are announced by the store (this process's writes; other replicas' over PostgreSQL NOTIFY) and
     /// looked up at least every poll interval; steps passed between two looks are each reported, in order.
     /// </summary>
-    public async IAsyncEnumerable<(string Type, JobView Job)> WatchAsync(string id, [EnumeratorCancellation] CancellationToken ct)
+    public async IAsyncEnumerable<(string Type, JobView Job)> WatchAsync(string owner, string id, [EnumeratorCancellation] CancellationToken ct)
     {
         var signal = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
         void OnChanged(string changed) { if (changed == id || changed == "*") signal.Writer.TryWrite(true); }
         store.Changed += OnChanged;
         try
         {
-            var current = Get(id);                                    // 404 before the stream starts
+            var current = Get(owner, id);                             // 404 before the stream starts
             JobRecord? last = null;
             while (true)
             {

@@ -67,7 +67,8 @@ public sealed record JobRecord(string Id, JobStatus Status, JobSubmission Submis
 }
 
 /// <summary>A filter and page of <see cref="IJobStore.List"/>: jobs after <paramref name="After"/> (a sequence), oldest first.</summary>
-public sealed record JobQuery(JobStatus? Status = null, string? Batch = null, KeyValuePair<string, string>? Label = null, int Limit = 100, long After = 0);
+/// <param name="Owner">Only this owner's jobs (null: everyone's).</param>
+public sealed record JobQuery(JobStatus? Status = null, string? Batch = null, KeyValuePair<string, string>? Label = null, int Limit = 100, long After = 0, string? Owner = null);
 
 /// <summary>Where a job's webhook is: waiting for the job to end, due (now or at its retry time), delivered, or given up after the last retry.</summary>
 public enum WebhookState { Waiting, Pending, Delivered, GaveUp }

@@ -186,6 +186,7 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
         if (q.Status is not null) where.Add("status = @status");
         if (q.Batch is not null) where.Add("batch = @batch");
         if (q.Label is not null) where.Add("labels ->> CAST(@label_key AS TEXT) = @label_value");
+        if (q.Owner is not null) where.Add("owner = @owner");
         using var c = Connect();
         return Query(c, null, $"SELECT * FROM jobs WHERE {string.Join(" AND ", where)} ORDER BY seq LIMIT @limit", p =>
         {
@@ -193,13 +194,15 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
             if (q.Status is { } st) p("status", (int)st);
             if (q.Batch is { } b) p("batch", b);
             if (q.Label is { } l) { p("label_key", l.Key); p("label_value", l.Value); }
+            if (q.Owner is { } o) p("owner", o);
         });
     }
 
-    public IReadOnlyDictionary<JobStatus, int> BatchCounts(string batch)
+    public IReadOnlyDictionary<JobStatus, int> BatchCounts(string batch, string? owner = null)
     {
         using var c = Connect();
-        using var cmd = Command(c, null, "SELECT status, COUNT(*) FROM jobs WHERE batch = @batch GROUP BY status", p => p("batch", batch));
+        using var cmd = Command(c, null, "SELECT status, COUNT(*) FROM jobs WHERE batch = @batch AND expired = 0 AND (CAST(@owner AS TEXT) IS NULL OR owner = CAST(@owner AS TEXT)) GROUP BY status",
+            p => { p("batch", batch); p("owner", owner); });
         using var r = cmd.ExecuteReader();
         var counts = Enum.GetValues<JobStatus>().ToDictionary(s => s, _ => 0);
         while (r.Read()) counts[(JobStatus)Convert.ToInt32(r[0])] = Convert.ToInt32(r[1]);

@@ -150,7 +150,7 @@ public sealed class JobLifecycleTests
         var generator = server.App.Services.GetRequiredService<SwitchableGenerator>();
         using var http = HttpTestKit.NewHttp(server);
         http.DefaultRequestHeaders.Authorization = new("Bearer", "key-one");
-        await Submit(http, Job("hold"), "key-one");
+        string first = await Submit(http, Job("hold"), "key-one");
         await generator.HeldAtStep.WaitAsync();
         string second = await Submit(http, Job("b"), "key-one");
         await JobsHttp.UntilEvent(http, second, "running");
@@ -158,7 +158,12 @@ public sealed class JobLifecycleTests
         var (status, error) = await JobsHttp.Send(http, HttpMethod.Post, "/v1/jobs", Job("d"), "key-one");
         Assert.Equal(429, status);
         Assert.Contains("limit of 1", error.GetProperty("error").GetProperty("message").GetString());
-        await Submit(http, Job("e"), "key-two");                         // another key's queue
+        string others = await Submit(http, Job("e"), "key-two");         // another key's queue
+        // Each key sees only its own jobs: another key's id is 404, and lists and batches hold only the caller's.
+        Assert.Equal(404, (await JobsHttp.Send(http, HttpMethod.Get, $"/v1/jobs/{first}", apiKey: "key-two")).Status);
+        Assert.Equal(404, (await JobsHttp.Send(http, HttpMethod.Post, $"/v1/jobs/{first}/cancel", apiKey: "key-two")).Status);
+        var (_, theirs) = await JobsHttp.Send(http, HttpMethod.Get, "/v1/jobs", apiKey: "key-two");
+        Assert.Equal([others], theirs.GetProperty("data").EnumerateArray().Select(j => j.GetProperty("id").GetString()));
         var (noSecret, why) = await JobsHttp.Send(http, HttpMethod.Post, "/v1/jobs", Job("f", extra: new { webhook_url = "https://hooks.example/x" }), "key-two");
         Assert.Equal((400, "webhook_url"), (noSecret, why.GetProperty("error").GetProperty("param").GetString()));
         generator.Release();
