@@ -88,12 +88,25 @@ public static class ServerHost
     {
         IJobStore? store;
         string description;
+        // serve reports these as one "error:" line (exit 2): a setting it cannot read, a database it cannot reach or open.
         try { store = JobStores.Open(options.Jobs, out description); }
-        catch (Exception e) when (e is not OutOfMemoryException)
+        catch (ArgumentException) { throw; }
+        catch (Exception e) when (e is System.Data.Common.DbException or IOException or UnauthorizedAccessException or System.Net.Sockets.SocketException or TimeoutException)
         {
-            throw new InvalidOperationException($"job store ({options.Jobs.Store ?? "default sqlite"}): {e.Message}", e);
+            throw new IOException($"job store ({options.Jobs.Store ?? "sqlite under " + JobStores.DataDirectory(options.Jobs)}): {e.Message}", e);
         }
         if (store is null) return;
+        // Refused at start, not when the first webhook is due: a secret that is not whsec_ + base64, a bad allow entry.
+        try
+        {
+            if (!string.IsNullOrEmpty(options.Jobs.WebhookSecret)) new WebhookSender(options.Jobs.WebhookSecret, new WebhookGuard()).Dispose();
+            _ = new WebhookGuard(options.Jobs.WebhookAllow);
+        }
+        catch (Exception e) when (e is ArgumentException or FormatException)
+        {
+            store.Dispose();
+            throw new ArgumentException($"webhooks: {e.Message}", e);
+        }
         services.AddSingleton<IJobStore>(_ => store);
         services.AddSingleton<ReplicaIdentity>();
         services.AddSingleton<JobQueue>();

@@ -146,7 +146,7 @@ public sealed class JobOptions
     public int MaxQueuedPerKey { get; set; } = 10_000;
     /// <summary>Jobs in one SubmitJobs call.</summary>
     public int MaxJobsPerCall { get; set; } = 1000;
-    /// <summary>Secret webhooks are signed with (Standard Webhooks, <c>whsec_</c> + base64); null: a random one per process (logged as missing).</summary>
+    /// <summary>Secret webhooks are signed with (Standard Webhooks, <c>whsec_</c> + base64), the same on every replica; null: submissions with a webhook_url are refused.</summary>
     public string? WebhookSecret { get; set; }
     /// <summary>Hosts, addresses or CIDR networks webhooks may reach although private, loopback or link-local (refused otherwise).</summary>
     public List<string> WebhookAllow { get; set; } = [];

@@ -35,4 +35,22 @@ public sealed class ServeCommandTests
         }
         finally { Directory.Delete(parent, recursive: true); }
     }
+
+    [Theory]
+    [InlineData("--jobs", "nonsense", "error: --jobs nonsense: use sqlite:PATH")]
+    [InlineData("--jobs", "postgres://nobody@127.0.0.1:1/jobs", "error: job store (postgres://nobody@127.0.0.1:1/jobs): ")]
+    [InlineData("--webhook-secret", "not-whsec", "error: webhooks: the webhook secret must start with 'whsec_'")]
+    [InlineData("--webhook-allow", "not a host!", "error: webhooks: --webhook-allow 'not a host!'")]
+    public void A_job_store_or_webhook_setting_it_cannot_use_ends_serve_at_once_with_exit_code_2(string flag, string value, string error)
+    {
+        string dir = Directory.CreateTempSubdirectory("serve-jobs-").FullName;
+        try
+        {
+            var (rc, err) = Cli.Invoke("serve", flag, value, "--data-dir", dir, "--http-port", "0", "--grpc-port", "0", "--bind", "127.0.0.1");
+            Assert.True(rc == 2, $"exit code {rc}: {err}");
+            Assert.StartsWith(error, err.Trim());
+            Assert.Single(err.Trim().Split('\n'));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
 }
