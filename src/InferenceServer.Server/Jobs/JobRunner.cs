@@ -155,7 +155,7 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
         {
             job.Finish();
             await heartbeat.ConfigureAwait(false);
-            running.TryRemove(id, out _);
+            running.TryRemove(new KeyValuePair<string, RunningJob>(id, job));   // not a later run of the same job (claimed again after a lost lease)
             wake.Writer.TryWrite(true);                               // room for more
         }
         metrics.Jobs.Finished(outcome);
