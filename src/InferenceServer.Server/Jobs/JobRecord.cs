@@ -8,7 +8,7 @@ public enum JobStatus { Queued, Running, Succeeded, Failed, Cancelled }
 /// fields. <see cref="Model"/> and <see cref="BatchKey"/> are what a replica batches by: jobs claimed together share both.
 /// </summary>
 /// <param name="Owner">The API key's identity (idempotency keys and per-key limits are per owner); "" without keys.</param>
-/// <param name="Request">The generation request, UTF-8 JSON.</param>
+/// <param name="Request">The generation request (<see cref="JobRequestCodec"/>); empty when read by anything but a claim.</param>
 /// <param name="Model">The served model that runs it.</param>
 /// <param name="BatchKey">Jobs with equal keys can run in one engine batch (size, steps, guidance...).</param>
 public sealed record JobSubmission(string Owner, byte[] Request, string Model, string BatchKey)

@@ -11,7 +11,9 @@ internal static class JobRows
         string? S(string col) => r[col] is string s ? s : null;
         long? L(string col) => r[col] is DBNull ? null : Convert.ToInt64(r[col]);
         DateTimeOffset? T(string col) => L(col) is { } ms ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
-        var submission = new JobSubmission(S("owner")!, (byte[])r["request"], S("model")!, S("batch_key")!)
+        // The request is selected only by claims (SqlJobStore.Columns leaves it out); elsewhere it reads as empty.
+        byte[] request = HasRequest(r) ? (byte[])r["request"] : [];
+        var submission = new JobSubmission(S("owner")!, request, S("model")!, S("batch_key")!)
         {
             Priority = (int)L("priority")!.Value,
             IdempotencyKey = S("idempotency_key"),
@@ -41,6 +43,13 @@ internal static class JobRows
             Webhook = L("webhook_state") is { } w ? (WebhookState)w : null,
             WebhookDeliveries = S("webhook_log") is { Length: > 2 } log ? JsonSerializer.Deserialize<List<WebhookDelivery>>(log, Json)! : [],
         };
+    }
+
+    static bool HasRequest(DbDataReader r)
+    {
+        for (int i = 0; i < r.FieldCount; i++)
+            if (r.GetName(i) == "request") return true;
+        return false;
     }
 
     /// <summary>How stored JSON columns are written (webhook log).</summary>

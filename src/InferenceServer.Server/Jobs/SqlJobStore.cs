@@ -67,6 +67,16 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
             PRIMARY KEY (job_id, idx));
         """;
 
+    /// <summary>
+    /// Every column but <c>request</c> (up to the request size limit with references): what reads, watchers and heartbeats
+    /// select. Only a claim, which runs the request, reads it.
+    /// </summary>
+    protected const string Columns = """
+        seq, id, owner, idempotency_key, status, priority, model, batch_key, batch, labels, webhook_url, max_attempts, attempts, replica,
+        lease_until, cancel_requested, step, steps, created, started, finished, error_code, error_message, result, image_count, result_bytes,
+        expired, webhook_state, webhook_tries, webhook_next, webhook_log
+        """;
+
     /// <summary>An open connection.</summary>
     protected abstract DbConnection Connect();
 
@@ -152,7 +162,7 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
         long now = Now;
         if (s.IdempotencyKey is { } key)
         {
-            var existing = Query(c, tx, "SELECT * FROM jobs WHERE owner = @owner AND idempotency_key = @key", p => { p("owner", s.Owner); p("key", key); });
+            var existing = Query(c, tx, $"SELECT {Columns} FROM jobs WHERE owner = @owner AND idempotency_key = @key", p => { p("owner", s.Owner); p("key", key); });
             if (existing.Count == 1)
             {
                 if (existing[0].Created.ToUnixTimeMilliseconds() > now - (long)IdempotencyWindow.TotalMilliseconds) return (existing[0], false);
@@ -188,7 +198,7 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
         if (q.Label is not null) where.Add("labels ->> CAST(@label_key AS TEXT) = @label_value");
         if (q.Owner is not null) where.Add("owner = @owner");
         using var c = Connect();
-        return Query(c, null, $"SELECT * FROM jobs WHERE {string.Join(" AND ", where)} ORDER BY seq LIMIT @limit", p =>
+        return Query(c, null, $"SELECT {Columns} FROM jobs WHERE {string.Join(" AND ", where)} ORDER BY seq LIMIT @limit", p =>
         {
             p("after", q.After); p("limit", Math.Max(0, q.Limit));
             if (q.Status is { } st) p("status", (int)st);
@@ -424,8 +434,9 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
         return r.Read() ? new JobImage(index, r.GetString(0), (byte[])r[1], Convert.ToInt64(r[2]), Convert.ToInt32(r[3]), Convert.ToInt32(r[4])) : null;
     }
 
-    protected static JobRecord? Row(DbConnection c, DbTransaction? tx, string id) =>
-        Query(c, tx, "SELECT * FROM jobs WHERE id = @id", p => p("id", id)).SingleOrDefault();
+    /// <summary>One job; with its request only when <paramref name="withRequest"/> (a claim runs it).</summary>
+    protected static JobRecord? Row(DbConnection c, DbTransaction? tx, string id, bool withRequest = false) =>
+        Query(c, tx, $"SELECT {(withRequest ? "*" : Columns)} FROM jobs WHERE id = @id", p => p("id", id)).SingleOrDefault();
 
     protected static DbCommand Command(DbConnection c, DbTransaction? tx, string sql, Action<Action<string, object?>>? bind)
     {

@@ -47,19 +47,19 @@ public sealed class SqliteJobStore : SqlJobStore
     {
         var names = models.ToList();
         string inModels = string.Join(", ", names.Select((_, i) => $"@m{i}"));
-        var head = Query(c, tx, $"SELECT * FROM jobs WHERE status = @queued AND model IN ({inModels}) ORDER BY priority DESC, seq LIMIT 1", p =>
+        var head = Query(c, tx, $"SELECT {Columns} FROM jobs WHERE status = @queued AND model IN ({inModels}) ORDER BY priority DESC, seq LIMIT 1", p =>
         {
             p("queued", (int)JobStatus.Queued);
             for (int i = 0; i < names.Count; i++) p($"m{i}", names[i]);
         }).SingleOrDefault();
         if (head is null) return [];
-        var ids = Query(c, tx, "SELECT * FROM jobs WHERE status = @queued AND model = @model AND batch_key = @key ORDER BY priority DESC, seq LIMIT @max", p =>
+        var ids = Query(c, tx, $"SELECT {Columns} FROM jobs WHERE status = @queued AND model = @model AND batch_key = @key ORDER BY priority DESC, seq LIMIT @max", p =>
             { p("queued", (int)JobStatus.Queued); p("model", head.Submission.Model); p("key", head.Submission.BatchKey); p("max", max); }).Select(j => j.Id).ToList();
         long now = Now;
         foreach (var id in ids)
             Execute(c, tx, $"UPDATE jobs SET {LeaseSet} WHERE id = @id", p =>
                 { p("running", (int)JobStatus.Running); p("replica", replica); p("until", until); p("now", now); p("id", id); });
-        return ids.Select(id => Row(c, tx, id)!).ToList();
+        return ids.Select(id => Row(c, tx, id, withRequest: true)!).ToList();
     }
 
     /// <summary>Closes this store's pooled connections (the file stays).</summary>

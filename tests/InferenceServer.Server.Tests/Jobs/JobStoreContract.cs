@@ -42,12 +42,13 @@ public abstract class JobStoreContract : IDisposable
         Assert.Equal(JobStatus.Queued, job.Status);
         var claimed = Assert.Single(store.Claim("r1", ["tiny"], 4, Lease));
         Assert.Equal((job.Id, JobStatus.Running, "r1", 1), (claimed.Id, claimed.Status, claimed.Replica, claimed.Attempts));
+        Assert.Equal("{\"prompt\":\"a fox\"}", Encoding.UTF8.GetString(claimed.Submission.Request));   // a claim reads the request to run it
         Assert.NotNull(store.Renew(job.Id, "r1", Lease, 1, 2));
         Assert.True(store.Complete(job.Id, "r1", Result(2)));
         using var reopened = Open();
         var done = reopened.Get(job.Id)!;
         Assert.Equal((JobStatus.Succeeded, 2, "sh010"), (done.Status, done.ImageCount, done.Submission.Labels["shot"]));
-        Assert.Equal("{\"prompt\":\"a fox\"}", Encoding.UTF8.GetString(done.Submission.Request));
+        Assert.Empty(done.Submission.Request);                              // reads leave the (possibly large) request out
         Assert.Equal([1, 2, 1], reopened.GetImage(job.Id, 1)!.Bytes);
         Assert.Null(reopened.GetImage(job.Id, 2));
         Assert.Equal(1, reopened.BatchCounts("b1")[JobStatus.Succeeded]);
