@@ -99,4 +99,22 @@ public sealed class JobsHttpApiTests(HttpServerFixture fixture) : IClassFixture<
         var body = await HttpTestKit.Body(response);
         HttpTestKit.AssertError(response, body, status, param);
     }
+
+    [Fact]
+    public async Task An_edit_job_takes_multipart_references_and_labels_like_the_edits_route()
+    {
+        var form = HttpTestKit.Form([("image", HttpTestKit.Png(80, 48)), ("image[]", HttpTestKit.Png(64, 64, seed: 2))],
+            ("prompt", "make it blue"), ("size", "64x80"), ("seed", "9"), ("steps", "2"), ("labels", """{"shot": "sh020"}"""), ("priority", "3"));
+        using var response = await http.PostAsync("/v1/jobs", form);
+        var job = await HttpTestKit.Body(response);
+        Assert.Equal(202, (int)response.StatusCode);
+        Assert.Equal(("sh020", 3), (job.GetProperty("labels").GetProperty("shot").GetString(), job.GetProperty("priority").GetInt32()));
+        var done = await JobsHttp.Finished(http, job.GetProperty("id").GetString()!);
+        var image = Assert.Single(done.GetProperty("result").GetProperty("images").EnumerateArray());
+        Assert.Equal((64, 80, 9L), (image.GetProperty("width").GetInt32(), image.GetProperty("height").GetInt32(), image.GetProperty("seed").GetInt64()));
+
+        var bad = HttpTestKit.Form([], ("prompt", "x"), ("labels", "not json"));
+        using var refused = await http.PostAsync("/v1/jobs", bad);
+        HttpTestKit.AssertError(refused, await HttpTestKit.Body(refused), 400, "labels");
+    }
 }
