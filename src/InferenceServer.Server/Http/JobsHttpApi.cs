@@ -73,11 +73,10 @@ public static class JobsHttpApi
         {
             var q = Queue;
             var read = await ImageRequestReader.ReadAsync(c, options, OpenAiHttpMiddleware.RequestId(c), c.RequestAborted, jobFields: true).ConfigureAwait(false);
-            var view = await Task.Run(() => q.Submit(Owner(c), read.Job, read.JobFields!, out bool created)
-                is var v ? (v, created) : default).ConfigureAwait(false);
-            c.Response.StatusCode = view.created ? StatusCodes.Status202Accepted : StatusCodes.Status200OK;
-            c.Response.Headers.Location = $"/v1/jobs/{view.v.Job.Id}";
-            await WriteJob(c, view.v).ConfigureAwait(false);
+            var (view, created) = await Task.Run(() => (q.Submit(Owner(c), read.Job, read.JobFields!, out bool isNew), isNew)).ConfigureAwait(false);
+            c.Response.StatusCode = created ? StatusCodes.Status202Accepted : StatusCodes.Status200OK;
+            c.Response.Headers.Location = $"/v1/jobs/{view.Job.Id}";
+            await WriteJob(c, view).ConfigureAwait(false);
         });
 
         /// <summary>Who asks: each API key sees only its own jobs.</summary>

@@ -172,8 +172,13 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
             try
             {
                 JobRecord? now;
-                if (step != written || job.DueForRenewal(every)) { now = await Task.Run(() => store.Renew(job.Record.Id, replica.Id, o.Lease, step, steps)).ConfigureAwait(false); written = step; job.Renewed(); }
-                else now = await Task.Run(() => store.Get(job.Record.Id)).ConfigureAwait(false);
+                if (step != written || job.DueForRenewal(every))
+                {
+                    now = await Task.Run(() => store.Renew(job.Record.Id, replica.Id, o.Lease, step, steps)).ConfigureAwait(false);
+                    written = step;
+                    job.Renewed();
+                }
+                else now = await Task.Run(() => store.Get(job.Record.Id)).ConfigureAwait(false);   // an announced change: cancelled?
                 if (now is null || now.Status != JobStatus.Running || now.Replica != replica.Id) job.LoseLease();
                 else if (now.CancelRequested) job.RequestCancel();
             }

@@ -253,7 +253,7 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
     protected const string LeaseSet = "status = @running, replica = @replica, lease_until = @until, attempts = attempts + 1, started = COALESCE(started, @now), step = 0";
 
     public JobRecord? Renew(string id, string replica, TimeSpan lease, int step, int steps) => WriteJob(id, (c, tx) =>
-        Execute(c, tx, "UPDATE jobs SET lease_until = @until, step = @step, steps = @steps WHERE id = @id AND status = @running AND replica = @replica", p =>
+        Execute(c, tx, "UPDATE jobs SET lease_until = @until, step = @step, steps = CASE WHEN @steps > 0 THEN @steps ELSE steps END WHERE id = @id AND status = @running AND replica = @replica", p =>
             { p("until", Now + (long)lease.TotalMilliseconds); p("step", step); p("steps", steps); p("id", id); p("running", (int)JobStatus.Running); p("replica", replica); })
         == 1 ? Row(c, tx, id) : null);
 

@@ -37,12 +37,13 @@ public abstract class JobStoreContract : IDisposable
     [Fact]
     public void A_job_goes_queued_running_succeeded_with_its_images_and_survives_reopening()
     {
-        var (job, created) = store.Submit(Job("a fox") with { Labels = new Dictionary<string, string> { ["shot"] = "sh010" }, Batch = "b1" });
+        var (job, created) = store.Submit(Job("a fox") with { Labels = new Dictionary<string, string> { ["shot"] = "sh010" }, Batch = "b1", Steps = 2 });
         Assert.True(created);
         Assert.Equal(JobStatus.Queued, job.Status);
         var claimed = Assert.Single(store.Claim("r1", ["tiny"], 4, Lease));
         Assert.Equal((job.Id, JobStatus.Running, "r1", 1), (claimed.Id, claimed.Status, claimed.Replica, claimed.Attempts));
         Assert.Equal("{\"prompt\":\"a fox\"}", Encoding.UTF8.GetString(claimed.Submission.Request));   // a claim reads the request to run it
+        Assert.Equal((0, 2), store.Renew(job.Id, "r1", Lease, 0, 0) is { } r0 ? (r0.Step, r0.Steps) : default);   // a heartbeat before the first step keeps the step count
         Assert.NotNull(store.Renew(job.Id, "r1", Lease, 1, 2));
         Assert.True(store.Complete(job.Id, "r1", Result(2)));
         using var reopened = Open();
