@@ -10,8 +10,11 @@ public interface IJobStore : IDisposable
     /// <summary>A new queued job, or (Created false) the owner's job with the same idempotency key submitted within the idempotency window.</summary>
     (JobRecord Job, bool Created) Submit(JobSubmission submission);
 
-    /// <summary>Several submissions in one transaction: all are queued (or found by their idempotency keys), or none.</summary>
-    IReadOnlyList<(JobRecord Job, bool Created)> SubmitMany(IReadOnlyList<JobSubmission> submissions);
+    /// <summary>
+    /// Several submissions in one transaction: all are queued (or found by their idempotency keys), or none. Throws
+    /// <see cref="QueueLimitException"/>, queueing none, when an owner would have more than <paramref name="maxQueuedPerOwner"/> queued jobs.
+    /// </summary>
+    IReadOnlyList<(JobRecord Job, bool Created)> SubmitMany(IReadOnlyList<JobSubmission> submissions, int maxQueuedPerOwner = int.MaxValue);
 
     JobRecord? Get(string id);
 

@@ -52,12 +52,14 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
         if (jobs.Count > o.MaxJobsPerCall)
             throw ServiceException.Invalid("jobs", $"jobs: {jobs.Count} jobs in one call, at most {o.MaxJobsPerCall} are allowed (InferenceServer:Jobs:MaxJobsPerCall)");
         var submissions = jobs.Select((j, i) => Check(owner, j.Request, j.Fields, prefix is null ? null : $"{prefix}[{i}]")).ToList();
-        int queued = store.QueuedCount(owner);
-        if (queued + submissions.Count > o.MaxQueuedPerKey)
+        IReadOnlyList<(JobRecord Job, bool Created)> stored;
+        try { stored = store.SubmitMany(submissions, o.MaxQueuedPerKey); }
+        catch (QueueLimitException e)
+        {
             throw new ServiceException(ErrorKind.ResourceExhausted,
-                $"this API key has {queued} queued jobs; {submissions.Count} more would pass its limit of {o.MaxQueuedPerKey} (InferenceServer:Jobs:MaxQueuedPerKey)",
+                $"this API key has {e.Queued} queued jobs; {e.Adding} more would pass its limit of {e.Limit} (InferenceServer:Jobs:MaxQueuedPerKey)",
                 retryAfter: TimeSpan.FromSeconds(30));
-        var stored = store.SubmitMany(submissions);
+        }
         metrics.Jobs.Submitted(stored.Count(s => s.Created));
         // Positions: one count per (model, priority) of the call; the call's later new jobs of a group queue right behind its first.
         var next = new Dictionary<(string, int), int>();

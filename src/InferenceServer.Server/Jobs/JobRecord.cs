@@ -75,3 +75,12 @@ public enum WebhookState { Waiting, Pending, Delivered, GaveUp }
 
 /// <summary>Job counts by status, and queued jobs per (model, priority): the metrics an autoscaler reads.</summary>
 public sealed record JobStats(IReadOnlyDictionary<JobStatus, long> ByStatus, IReadOnlyList<(string Model, int Priority, long Count)> Queued);
+
+/// <summary>A submission refused because its owner would pass its queued-job limit; nothing of it was queued.</summary>
+public sealed class QueueLimitException(int queued, int adding, int limit)
+    : Exception($"{queued} queued jobs; {adding} more would pass the limit of {limit}")
+{
+    public int Queued { get; } = queued;
+    public int Adding { get; } = adding;
+    public int Limit { get; } = limit;
+}

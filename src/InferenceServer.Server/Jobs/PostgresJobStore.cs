@@ -77,6 +77,9 @@ public sealed class PostgresJobStore : SqlJobStore
 
     protected override string SkipLocked => " FOR UPDATE SKIP LOCKED";
 
+    protected override void LockOwner(DbConnection c, DbTransaction tx, string owner) =>
+        Execute(c, tx, "SELECT pg_advisory_xact_lock(7264532, hashtext(@owner))", p => p("owner", owner));
+
     protected override bool IsUniqueViolation(Exception e) => e is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation };
 
     protected override List<JobRecord> ClaimRows(DbConnection c, DbTransaction tx, string replica, IReadOnlyCollection<string> models, int max, long until) =>

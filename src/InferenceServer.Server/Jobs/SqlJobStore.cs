@@ -135,9 +135,10 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
     /// <summary>Announced to runners once per submission call ("new work"); watchers follow ids, and no one watches a job before it exists.</summary>
     public const string NewWork = "+";
 
-    public IReadOnlyList<(JobRecord Job, bool Created)> SubmitMany(IReadOnlyList<JobSubmission> submissions)
+    public IReadOnlyList<(JobRecord Job, bool Created)> SubmitMany(IReadOnlyList<JobSubmission> submissions, int maxQueuedPerOwner = int.MaxValue)
     {
         if (submissions.Any(s => s.MaxAttempts < 1)) throw new ArgumentOutOfRangeException(nameof(submissions), "max_attempts must be at least 1");
+        var owners = submissions.Select(s => s.Owner).Distinct().Order(StringComparer.Ordinal).ToList();
         while (true)
         {
             try
@@ -145,7 +146,16 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
                 // One transaction for the call: one commit (one fsync) for a thousand jobs, and all or none are queued.
                 var submitted = Write((c, tx) =>
                 {
+                    foreach (var owner in owners) LockOwner(c, tx, owner);
                     var r = submissions.Select(s => SubmitIn(c, tx, s)).ToList();
+                    // Counted after the inserts, in the same transaction: exact, and idempotent repeats add nothing.
+                    if (maxQueuedPerOwner < int.MaxValue && r.Any(x => x.Item2))
+                        foreach (var owner in owners)
+                        {
+                            int added = r.Count(x => x.Item2 && x.Item1.Submission.Owner == owner);
+                            int queued = Count(c, tx, owner);
+                            if (added > 0 && queued > maxQueuedPerOwner) throw new QueueLimitException(queued - added, added, maxQueuedPerOwner);
+                        }
                     Notify(c, tx, NewWork);
                     return r;
                 });
@@ -222,10 +232,21 @@ public abstract class SqlJobStore(TimeProvider? time) : IJobStore
     public int QueuedCount(string? owner = null)
     {
         using var c = Connect();
-        using var cmd = Command(c, null, "SELECT COUNT(*) FROM jobs WHERE status = @q AND (CAST(@owner AS TEXT) IS NULL OR owner = CAST(@owner AS TEXT))",
+        return Count(c, null, owner);
+    }
+
+    static int Count(DbConnection c, DbTransaction? tx, string? owner)
+    {
+        using var cmd = Command(c, tx, "SELECT COUNT(*) FROM jobs WHERE status = @q AND (CAST(@owner AS TEXT) IS NULL OR owner = CAST(@owner AS TEXT))",
             p => { p("q", (int)JobStatus.Queued); p("owner", owner); });
         return Convert.ToInt32(cmd.ExecuteScalar());
     }
+
+    /// <summary>
+    /// Inside a submission's transaction: serialises submissions of one owner, so its queued-job limit holds across replicas
+    /// (PostgreSQL: a transaction advisory lock on the owner; SQLite has one writer already).
+    /// </summary>
+    protected virtual void LockOwner(DbConnection c, DbTransaction tx, string owner) { }
 
     public JobRecord? Cancel(string id) => WriteJob(id, (c, tx) =>
     {

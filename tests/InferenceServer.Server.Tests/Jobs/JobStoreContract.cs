@@ -241,4 +241,26 @@ public abstract class JobStoreContract : IDisposable
         Assert.False(store.Get(ids[1])!.Expired);
         Assert.NotNull(store.GetImage(ids[2], 1));
     }
+
+    [Fact]
+    public async Task The_per_owner_queued_limit_is_exact_across_handles_and_an_idempotent_repeat_passes_it()
+    {
+        store.SubmitMany([Job("kept") with { IdempotencyKey = "kept" }], maxQueuedPerOwner: 2);
+        var over = Assert.Throws<QueueLimitException>(() => store.SubmitMany([Job("x"), Job("y")], maxQueuedPerOwner: 2));
+        Assert.Equal((1, 2, 2), (over.Queued, over.Adding, over.Limit));
+        Assert.Equal(1, store.QueuedCount("key-a"));                          // none of the refused call was queued
+        store.Submit(Job("second"));
+        Assert.False(store.SubmitMany([Job("kept") with { IdempotencyKey = "kept" }], maxQueuedPerOwner: 2)[0].Created);
+        Assert.True(Assert.Single(store.SubmitMany([Job("other owner", owner: "key-b")], maxQueuedPerOwner: 2)).Created);
+
+        // Two handles (two replicas) racing for the last slots of one owner: exactly the limit is queued.
+        using var second = Open();
+        var results = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => Task.Run(() =>
+        {
+            try { (i % 2 == 0 ? store : second).SubmitMany([Job($"race {i}", owner: "key-c")], maxQueuedPerOwner: 3); return true; }
+            catch (QueueLimitException) { return false; }
+        })));
+        Assert.Equal(3, results.Count(ok => ok));
+        Assert.Equal(3, store.QueuedCount("key-c"));
+    }
 }
