@@ -29,7 +29,7 @@ public sealed class JobLifecycleTests
         var generator = server.App.Services.GetRequiredService<SwitchableGenerator>();
         using var http = HttpTestKit.NewHttp(server);
         string held = await Submit(http, Job("hold this", steps: 4));
-        await generator.HeldAtStep.WaitAsync();
+        Assert.True(await generator.HeldAtStep.WaitAsync(JobsHttp.StreamLimit), "the held job never reached its first step");
         string second = await Submit(http, Job("second"));
         await JobsHttp.UntilEvent(http, second, "running");            // the runner holds two jobs now: one engine batch running, one waiting
         string third = await Submit(http, Job("third"));
@@ -44,7 +44,7 @@ public sealed class JobLifecycleTests
         // The runner sees the request and stops the run's token; only then is the engine let go, so it stops at step 2.
         var token = generator.Tokens[held];
         var stopped = new TaskCompletionSource();
-        using (token.Register(() => stopped.TrySetResult())) await stopped.Task;
+        using (token.Register(() => stopped.TrySetResult())) await stopped.Task.WaitAsync(JobsHttp.StreamLimit);
         generator.Release();
 
         var heldEvents = await JobsHttp.Events(http, held);
@@ -106,8 +106,8 @@ public sealed class JobLifecycleTests
         });
         using var http = HttpTestKit.NewHttp(server);
         string id = await Submit(http, Job("hooked", extra: new { webhook_url = receiver.Url }));
-        await receiver.NextDelivery();
-        await receiver.NextDelivery();
+        await receiver.NextDelivery().WaitAsync(JobsHttp.StreamLimit);
+        await receiver.NextDelivery().WaitAsync(JobsHttp.StreamLimit);
         Assert.All(receiver.Got, g => Assert.True(g.Verified));
         var delivered = JsonDocument.Parse(receiver.Got[1].Body).RootElement;
         Assert.Equal((id, "succeeded"), (delivered.GetProperty("id").GetString(), delivered.GetProperty("status").GetString()));
@@ -151,7 +151,7 @@ public sealed class JobLifecycleTests
         using var http = HttpTestKit.NewHttp(server);
         http.DefaultRequestHeaders.Authorization = new("Bearer", "key-one");
         string first = await Submit(http, Job("hold"), "key-one");
-        await generator.HeldAtStep.WaitAsync();
+        Assert.True(await generator.HeldAtStep.WaitAsync(JobsHttp.StreamLimit), "the held job never reached its first step");
         string second = await Submit(http, Job("b"), "key-one");
         await JobsHttp.UntilEvent(http, second, "running");
         await Submit(http, Job("c"), "key-one");                         // queued: the key's one

@@ -55,6 +55,9 @@ public sealed class SwitchableGenerator(ImageScheduler inner) : IImageGenerator
 
 static class JobsHttp
 {
+    /// <summary>Longest a test follows one job's events (a bound against hangs, not a timing).</summary>
+    public static readonly TimeSpan StreamLimit = TimeSpan.FromMinutes(3);
+
     public static async Task<(int Status, JsonElement Body)> Send(HttpClient http, HttpMethod method, string path, object? body = null, string? apiKey = null,
         string? idempotencyKey = null)
     {
@@ -73,12 +76,13 @@ static class JobsHttp
     {
         using var request = new HttpRequestMessage(HttpMethod.Get, $"/v1/jobs/{id}/events");
         if (apiKey is not null) request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", apiKey);
-        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        using var limit = new CancellationTokenSource(StreamLimit);   // a job that never ends fails the test instead of hanging it
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, limit.Token);
         Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);
-        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(limit.Token));
         var events = new List<(string, JsonElement)>();
         string? type = null;
-        while (await reader.ReadLineAsync() is { } line)
+        while (await reader.ReadLineAsync(limit.Token) is { } line)
         {
             if (line.StartsWith("event: ", StringComparison.Ordinal)) type = line[7..];
             else if (line.StartsWith("data: ", StringComparison.Ordinal)) events.Add((type!, JsonDocument.Parse(line[6..]).RootElement.Clone()));
@@ -89,9 +93,10 @@ static class JobsHttp
     /// <summary>Follows the job's events until one of <paramref name="type"/> arrives (the stream is then left).</summary>
     public static async Task UntilEvent(HttpClient http, string id, string type)
     {
-        using var response = await http.GetAsync($"/v1/jobs/{id}/events", HttpCompletionOption.ResponseHeadersRead);
-        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
-        while (await reader.ReadLineAsync() is { } line)
+        using var limit = new CancellationTokenSource(StreamLimit);
+        using var response = await http.GetAsync($"/v1/jobs/{id}/events", HttpCompletionOption.ResponseHeadersRead, limit.Token);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(limit.Token));
+        while (await reader.ReadLineAsync(limit.Token) is { } line)
             if (line == "event: " + type) return;
         throw new Xunit.Sdk.XunitException($"job {id} ended without a '{type}' event");
     }

@@ -152,7 +152,7 @@ public sealed class ReplicaFailoverTests(PostgresServer postgres, ITestOutputHel
             foreach (var id in ids)
             {
                 Job last = null!;
-                using var watch = jobs2.WatchJob(new WatchJobRequest { Id = id });
+                using var watch = jobs2.WatchJob(new WatchJobRequest { Id = id }, deadline: DateTime.UtcNow.AddMinutes(3));
                 await foreach (var e in watch.ResponseStream.ReadAllAsync()) last = e.Job;
                 Assert.Equal(JobState.Succeeded, last.Status);
             }
