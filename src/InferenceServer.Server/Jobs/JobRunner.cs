@@ -29,9 +29,6 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
     readonly Channel<bool> wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     volatile bool draining;
 
-    /// <summary>Jobs this replica holds now.</summary>
-    public int Running => running.Count;
-
     /// <summary>From now on no job is claimed; the ones held finish (the engine drains them).</summary>
     public void BeginDrain()
     {

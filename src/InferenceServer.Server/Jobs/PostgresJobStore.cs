@@ -27,10 +27,6 @@ public sealed class PostgresJobStore : SqlJobStore
         listener = Task.Run(() => Listen(stop.Token));
     }
 
-    /// <summary>Set once the LISTEN connection is up (tests wait for it before counting on notifications).</summary>
-    public Task Listening => listening.Task;
-    readonly TaskCompletionSource listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
     async Task Listen(CancellationToken ct)
     {
         bool first = true;
@@ -41,7 +37,6 @@ public sealed class PostgresJobStore : SqlJobStore
                 await using var c = await source.OpenConnectionAsync(ct).ConfigureAwait(false);
                 c.Notification += (_, e) => Raise(e.Payload);
                 await using (var cmd = new NpgsqlCommand($"LISTEN {Channel}", c)) await cmd.ExecuteNonQueryAsync(ct).ConfigureAwait(false);
-                listening.TrySetResult();
                 if (!first) Raise("*");             // notifications sent while disconnected are lost: everyone looks again
                 first = false;
                 while (!ct.IsCancellationRequested) await c.WaitAsync(ct).ConfigureAwait(false);

@@ -45,9 +45,6 @@ public sealed class PostgresServer : IDisposable
         Start();
     }
 
-    /// <summary>An Npgsql connection string for database <paramref name="name"/>.</summary>
-    public string ConnectionStringFor(string name) => ConnectionString(name);
-
     /// <summary>A new, empty database and its connection string (each test gets its own).</summary>
     public string CreateDatabase()
     {
