@@ -1,6 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Text;
-using System.Threading.Channels;
 using InferenceServer.Pipeline.Generation;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
@@ -192,8 +191,8 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
     /// </summary>
     public async IAsyncEnumerable<(string Type, JobView Job)> WatchAsync(string owner, string id, [EnumeratorCancellation] CancellationToken ct)
     {
-        var signal = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
-        void OnChanged(string changed) { if (changed == id || changed == "*") signal.Writer.TryWrite(true); }
+        var signal = new WakeSignal();
+        void OnChanged(string changed) { if (changed == id || changed == "*") signal.Set(); }
         store.Changed += OnChanged;
         try
         {
@@ -204,12 +203,7 @@ public sealed class JobQueue(IJobStore store, IImageGenerator generator, IOption
                 foreach (var e in Events(last, current)) yield return e;
                 last = current.Job;
                 if (last.IsTerminal) yield break;
-                using (var wait = CancellationTokenSource.CreateLinkedTokenSource(ct))
-                {
-                    wait.CancelAfter(o.PollInterval);
-                    try { await signal.Reader.ReadAsync(wait.Token).ConfigureAwait(false); }
-                    catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
-                }
+                await signal.WaitAsync(o.PollInterval, ct).ConfigureAwait(false);
                 var job = await Task.Run(() => store.Get(id), ct).ConfigureAwait(false);
                 if (job is null || job.Expired) yield break;
                 current = new JobView(job, job.Status == JobStatus.Queued ? store.QueuePosition(job) : 0);

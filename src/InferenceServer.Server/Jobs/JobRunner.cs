@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Threading.Channels;
 using InferenceServer.Server.Engine;
 using InferenceServer.Server.Hosting;
 using InferenceServer.Server.Observability;
@@ -26,14 +25,14 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
     readonly IJobStore store = queue.Store;
     readonly JobOptions o = options.Value.Jobs;
     readonly ConcurrentDictionary<string, RunningJob> running = new();
-    readonly Channel<bool> wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    readonly WakeSignal wake = new();
     volatile bool draining;
 
     /// <summary>From now on no job is claimed; the ones held finish (the engine drains them).</summary>
     public void BeginDrain()
     {
         draining = true;
-        wake.Writer.TryWrite(true);
+        wake.Set();
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -49,7 +48,7 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
     void OnChanged(string id)
     {
         if (running.TryGetValue(id, out var job)) job.Look();
-        else wake.Writer.TryWrite(true);                              // new work, a cancel, a reconnect ("*"): look again
+        else wake.Set();                              // new work, a cancel, a reconnect ("*"): look again
     }
 
     async Task Loop(CancellationToken ct)
@@ -89,10 +88,7 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
                 if (!failing) log.LogWarning("job store unavailable ({Message}); retrying", e.Message);
                 failing = true;
             }
-            using var wait = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            wait.CancelAfter(failing ? TimeSpan.FromMilliseconds(500) : o.PollInterval);
-            try { await wake.Reader.ReadAsync(wait.Token).ConfigureAwait(false); }
-            catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
+            try { await wake.WaitAsync(failing ? TimeSpan.FromMilliseconds(500) : o.PollInterval, ct).ConfigureAwait(false); }
             catch (OperationCanceledException) { break; }
         }
     }
@@ -153,7 +149,7 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
             job.Finish();
             await heartbeat.ConfigureAwait(false);
             running.TryRemove(new KeyValuePair<string, RunningJob>(id, job));   // not a later run of the same job (claimed again after a lost lease)
-            wake.Writer.TryWrite(true);                               // room for more
+            wake.Set();                               // room for more
         }
         metrics.Jobs.Finished(outcome);
     }
@@ -214,22 +210,23 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
     /// <summary>A job this replica runs: its progress, its stop switch and why it was pulled.</summary>
     sealed class RunningJob(JobRecord record)
     {
-        readonly Channel<bool> poke = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+        readonly WakeSignal poke = new();
+        readonly Lock gate = new();
         long lastRenewal = Stopwatch.GetTimestamp();
         (int, int) progress;
         public JobRecord Record { get; } = record;
         public CancellationTokenSource Stop { get; } = new();
         public Task? Task { get; set; }
         public volatile bool Lost, CancelRequested, Finished;
-        public (int Step, int Steps) Progress { get { lock (poke) return progress; } }
+        public (int Step, int Steps) Progress { get { lock (gate) return progress; } }
 
         public void Progressed(int step, int steps)
         {
-            lock (poke) progress = (step, steps);
-            poke.Writer.TryWrite(true);
+            lock (gate) progress = (step, steps);
+            poke.Set();
         }
 
-        public void Look() => poke.Writer.TryWrite(true);
+        public void Look() => poke.Set();
         public bool DueForRenewal(TimeSpan every) => Stopwatch.GetElapsedTime(Interlocked.Read(ref lastRenewal)) >= every * 0.9;
         public void Renewed() => Interlocked.Exchange(ref lastRenewal, Stopwatch.GetTimestamp());
 
@@ -244,14 +241,9 @@ public sealed class JobRunner(JobQueue queue, ImageScheduler scheduler, IImageGe
         public void Finish()
         {
             Finished = true;
-            poke.Writer.TryWrite(true);
+            poke.Set();
         }
 
-        public async Task WaitAsync(TimeSpan timeout)
-        {
-            using var cts = new CancellationTokenSource(timeout);
-            try { await poke.Reader.ReadAsync(cts.Token).ConfigureAwait(false); }
-            catch (OperationCanceledException) { }
-        }
+        public Task WaitAsync(TimeSpan timeout) => poke.WaitAsync(timeout);
     }
 }

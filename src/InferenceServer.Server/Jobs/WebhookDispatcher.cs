@@ -24,8 +24,8 @@ public sealed class WebhookDispatcher(JobQueue queue, IOptions<ServerOptions> op
         if (string.IsNullOrEmpty(o.WebhookSecret)) return;             // submissions with a webhook_url are refused then
         using var sender = new WebhookSender(o.WebhookSecret, new WebhookGuard(o.WebhookAllow), o.WebhookTimeout);
         var store = queue.Store;
-        var signal = new SemaphoreSlim(0);
-        void OnChanged(string _) { if (signal.CurrentCount == 0) signal.Release(); }
+        var signal = new WakeSignal();
+        void OnChanged(string _) => signal.Set();
         store.Changed += OnChanged;
         // Due retries are found by looking again at least this often.
         var poll = TimeSpan.FromTicks(Math.Min(o.PollInterval.Ticks, o.WebhookRetryDelays.Count > 0 ? o.WebhookRetryDelays.Min().Ticks : o.PollInterval.Ticks));
