@@ -42,8 +42,7 @@ public static class JobsHttpApi
     {
         JobQueue Queue => queue ?? throw new ServiceException(ErrorKind.NotFound, "durable jobs are off on this server (started with --jobs off)");
 
-        string BaseUrl(HttpContext c) => options.Files.PublicBaseUrl is { Length: > 0 } configured ? configured.TrimEnd('/')
-            : $"{c.Request.Scheme}://{c.Request.Host}{c.Request.PathBase}";
+        string BaseUrl(HttpContext c) => OpenAiImagesApi.PublicBase(c, options.Files);
 
         /// <summary>Runs a handler; a <see cref="ServiceException"/> (or a body the reader refused) becomes the images API's error body.</summary>
         public async Task Answer(HttpContext c, Func<Task> handler)

@@ -48,6 +48,11 @@ public static class OpenAiImagesApi
         return app;
     }
 
+    /// <summary>Prefix of the urls the server hands out (image files, job status and images): the configured public base, else the request's own scheme and host.</summary>
+    internal static string PublicBase(HttpContext context, FileStoreOptions files) =>
+        files.PublicBaseUrl is { Length: > 0 } configured ? configured.TrimEnd('/')
+            : $"{context.Request.Scheme}://{context.Request.Host}{context.Request.PathBase}";
+
     sealed class Handlers(ServerOptions options, ImageFileStore files, IImageGenerator generator, ServerMetrics metrics, LoraLibrary loras, ILogger log)
     {
         public async Task Images(HttpContext context, bool edit)
@@ -144,9 +149,7 @@ public static class OpenAiImagesApi
             await json.FlushAsync(CancellationToken.None).ConfigureAwait(false);
         }
 
-        string BaseUrl(HttpContext context) =>
-            options.Files.PublicBaseUrl is { Length: > 0 } configured ? configured.TrimEnd('/')
-                : $"{context.Request.Scheme}://{context.Request.Host}{context.Request.PathBase}";
+        string BaseUrl(HttpContext context) => PublicBase(context, options.Files);
 
         public async Task File(HttpContext context, string id)
         {
